@@ -1,0 +1,162 @@
+"""What analyzers work on (:class:`Blob`) and with (:class:`ScanContext`)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from trainguard.artifacts.sniff import HEAD_SIZE, Format, sniff
+from trainguard.artifacts.streams import Budget, MissingCodec
+from trainguard.core.config import ScanConfig
+from trainguard.core.errors import LimitExceeded, MalformedInput
+from trainguard.core.findings import Finding, Location, Severity
+from trainguard.core.rules import rule
+from trainguard.scan.policy import Policy
+
+# Members kept in memory when a random-access copy is needed; larger ones go to a temp file.
+_SPOOL_IN_MEMORY = 64 << 20
+
+
+@dataclass
+class Blob:
+    """A byte stream to analyze: a file, an archive member, a decompressed stream."""
+
+    path: str
+    member: str | None
+    size: int | None
+    opener: Callable[[], BinaryIO]
+    seekable: bool = True
+    #: bytes that may or may not be a model file (byte strings inside pickles): report only what
+    #: proves to be one
+    speculative: bool = False
+
+    def child(self, name: str, size: int | None, opener: Callable[[], BinaryIO],
+              seekable: bool = True, speculative: bool = False) -> Blob:
+        member = f"{self.member}!/{name}" if self.member else name
+        return Blob(self.path, member, size, opener, seekable, speculative)
+
+    @classmethod
+    def from_bytes(cls, path: str, member: str | None, data: bytes,
+                   speculative: bool = False) -> Blob:
+        return Blob(path, member, len(data), lambda: io.BytesIO(data), True, speculative)
+
+    def head(self) -> bytes:
+        with self.opener() as f:
+            return f.read(HEAD_SIZE)
+
+
+class ScanContext:
+    """State for scanning one top-level file: findings, formats seen, decompression budget."""
+
+    def __init__(self, config: ScanConfig, policy: Policy, path: str) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.policy = policy
+        self.path = path
+        self.findings: list[Finding] = []
+        self.formats: list[str] = []
+        self.budget = Budget(config.limits.max_expanded_bytes)
+        self._temps: list[BinaryIO] = []
+
+    # --------------------------------------------------------------- findings
+    def location(self, blob: Blob, offset: int | None = None) -> Location:
+        return Location(self.path, blob.member, offset)
+
+    def add(self, rule_id: str, blob: Blob, evidence: str, *, offset: int | None = None,
+            severity: Severity | None = None, count: int = 1, **details: object) -> None:
+        self.findings.append(
+            rule(rule_id).finding(self.location(blob, offset), evidence, severity=severity,
+                                  count=count, **details)
+        )
+
+    def saw(self, fmt: str) -> None:
+        if fmt not in self.formats:
+            self.formats.append(fmt)
+
+    # --------------------------------------------------------------- dispatch
+    def scan(self, blob: Blob, depth: int, head: bytes | None = None) -> Format:
+        """Detect ``blob``'s format by content and run its analyzer; never raises for bad input."""
+        from trainguard.scan.analyzers import ANALYZERS  # late: analyzers import this module
+
+        if depth > self.limits.max_depth:
+            self.add("TG-LIM-001", blob, f"nesting deeper than max_depth={self.limits.max_depth}")
+            return Format.UNKNOWN
+        try:
+            if head is None:
+                head = blob.head()
+            fmt = sniff(head, blob.size if blob.size is not None else 1 << 62)
+            analyzer = ANALYZERS.get(fmt)
+            if analyzer is None:
+                return Format.UNKNOWN
+            if not analyzer(self, blob, depth, head):
+                return Format.UNKNOWN
+            self.saw(fmt.value)
+            return fmt
+        except MalformedInput as exc:
+            self.add("TG-FMT-001", blob, exc.message, offset=exc.offset)
+        except LimitExceeded as exc:
+            self.add("TG-LIM-001", blob, exc.message)
+        except MissingCodec as exc:
+            self.add("TG-FMT-003", blob, str(exc))
+        except RecursionError:
+            self.add("TG-LIM-001", blob, "structure nested too deeply to analyze")
+        except MemoryError:
+            self.add("TG-LIM-001", blob, "not enough memory to analyze")
+        return Format.UNKNOWN
+
+    # --------------------------------------------------------------- helpers
+    def materialize(self, blob: Blob) -> Blob:
+        """A seekable copy of a stream-only blob (charged to the budget already by its reader)."""
+        if blob.seekable:
+            return blob
+        tmp = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
+        self._temps.append(tmp)  # type: ignore[arg-type]
+        with blob.opener() as src:
+            shutil.copyfileobj(src, tmp, 1 << 20)
+        size = tmp.tell()
+
+        def opener() -> BinaryIO:
+            tmp.seek(0)
+            return _NoClose(tmp)  # type: ignore[arg-type]
+
+        return Blob(blob.path, blob.member, size, opener, True, blob.speculative)
+
+    def close(self) -> None:
+        for t in self._temps:
+            t.close()
+        self._temps.clear()
+
+
+class _NoClose(io.RawIOBase):
+    """Shares a spooled temp file between readers without closing it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: object) -> int:
+        data = self._f.read(len(b))  # type: ignore[arg-type]
+        b[: len(data)] = data  # type: ignore[index]
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._f.readline(size if size is not None else -1)
+
+    def close(self) -> None:
+        pass
