@@ -19,7 +19,8 @@ _SEVERITIES = [s.label for s in Severity]
 @click.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-f", "--format", "fmt", type=click.Choice([f.value for f in OutputFormat]),
-              default="text", show_default=True, help="Report format (json and sarif are versioned).")
+              default="text", show_default=True,
+              help="Report format (json and sarif are versioned).")
 @click.option("--fail-on", type=click.Choice(_SEVERITIES, case_sensitive=False), default=None,
               help="Exit 1 when a finding is at or above this severity "
                    "[default: [scan] fail_on in trainguard.toml, else medium].")
@@ -33,7 +34,8 @@ _SEVERITIES = [s.label for s in Severity]
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @click.option("--unsafe-follow-symlinks", is_flag=True,
               help="Follow links that leave the scanned tree (off: such links are a finding).")
-def scan_command(paths: tuple[str, ...], fmt: str, fail_on: str | None, jobs: int,
+def scan_command(  # noqa: PLR0917 - click passes options positionally
+    paths: tuple[str, ...], fmt: str, fail_on: str | None, jobs: int,
                  output: Path | None, config_path: Path | None, progress: bool | None,
                  unsafe_follow_symlinks: bool) -> None:
     """Find code execution in model files without running, importing or unpickling anything.
@@ -54,8 +56,6 @@ def scan_command(paths: tuple[str, ...], fmt: str, fail_on: str | None, jobs: in
     Rules and their ids: docs/rules.md. Exit codes: 0 clean, 1 findings at or above
     --fail-on, 2 usage or input error.
     """
-    from trainguard.scan.engine import scan_paths
-
     config = load_config(config_path).scan
     threshold = Severity.parse(fail_on) if fail_on else config.fail_on
     if unsafe_follow_symlinks:

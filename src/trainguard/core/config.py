@@ -21,18 +21,12 @@ Example::
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from trainguard.core.errors import ConfigError
 from trainguard.core.findings import Severity
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 CONFIG_NAME = "trainguard.toml"
 GiB = 1 << 30
@@ -92,6 +86,13 @@ def load_config(path: Path | None = None, *, discover: bool = True) -> Config:
         path = find_config()
     if path is None:
         return Config()
+    # Imported here: most runs have no config file, and start-up time is per-file scan time.
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

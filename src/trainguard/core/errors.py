@@ -50,7 +50,9 @@ class LimitExceeded(TrainguardError):
 
     def __init__(self, limit: str, value: int, detail: str = "") -> None:
         msg = f"limit {limit}={value} exceeded" + (f": {detail}" if detail else "")
-        super().__init__(msg, remedy=f"raise [scan.limits] {limit} in trainguard.toml if the input is trusted")
+        super().__init__(
+            msg, remedy=f"raise [scan.limits] {limit} in trainguard.toml if the input is trusted"
+        )
         self.limit = limit
         self.value = value
 

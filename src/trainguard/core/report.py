@@ -74,7 +74,7 @@ class Report:
         return [f for f in self.findings if f.severity >= threshold]
 
     def exit_code(self, fail_on: Severity) -> ExitCode:
-        """0 clean, 1 findings at or above ``fail_on`` (a finding never loses to an error), 2 error."""
+        """0 clean, 1 findings at or above ``fail_on`` (a finding beats an error), 2 error."""
         if self.at_or_above(fail_on):
             return ExitCode.FINDINGS
         if self.errors:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -113,6 +111,9 @@ class ScanContext:
         """A seekable copy of a stream-only blob (charged to the budget already by its reader)."""
         if blob.seekable:
             return blob
+        import shutil
+        import tempfile
+
         tmp = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
         self._temps.append(tmp)  # type: ignore[arg-type]
         with blob.opener() as src:

@@ -13,7 +13,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +189,9 @@ def scan_paths(
             progress(done, len(work), fr)
 
     if jobs > 1 and len(work) > 1:
+        # Imported here: the process pool costs ~25 ms of start-up, and start-up is per-file time.
+        from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             args = [(j.path, j.display, config) for j in work]
             for fr, findings, error in pool.map(_scan_job, args, chunksize=max(1, len(args) // (jobs * 8))):

@@ -24,6 +24,7 @@ def render_text(report: Report, fail_on: Severity) -> str:
     lines.append(
         f"{verdict}: {scanned} file(s) scanned, {skipped} skipped (not a model format), "
         f"{s['findings']} finding(s){' (' + sev + ')' if sev else ''}, "
-        f"{len(report.errors)} error(s) in {report.seconds:.2f}s; failing at {fail_on.label} or above"
+        f"{len(report.errors)} error(s) in {report.seconds:.2f}s; "
+        f"failing at {fail_on.label} or above"
     )
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from trainguard.artifacts.sniff import HEAD_SIZE
 from trainguard.artifacts.streams import MissingCodec, open_compressed
 from trainguard.artifacts.zipfmt import ZipArchive, ZipEntry, open_member, read_zip
 from trainguard.core.errors import LimitExceeded, MalformedInput
+from trainguard.scan.analyzers.torch_tar import scan_legacy_tar_member
 from trainguard.scan.context import Blob, ScanContext
 
 # Members up to this size are read whole (and their CRC checked); larger ones are streamed.
@@ -106,6 +107,7 @@ def _join(blob: Blob, name: str) -> str:
 def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
     blob = ctx.materialize(blob)
     count = 0
+    files: list[tarfile.TarInfo] = []
     with blob.opener() as f:
         try:
             tf = tarfile.open(fileobj=f, mode="r:")
@@ -131,9 +133,14 @@ def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
                         ctx.add("TG-ZIP-002", blob, f"{member.name!r} links to "
                                 f"{member.linkname!r}: {lt}")
                     continue
-                if not member.isfile():
-                    continue
-                ctx.budget.charge(member.size)
+                if member.isfile():
+                    files.append(member)
+            # torch < 0.4 wrote checkpoints as tar files whose 'storages' and 'tensors' members
+            # interleave pickles with raw tensor bytes (torch/serialization.py legacy_load).
+            legacy = {"storages", "tensors", "pickle"} <= {m.name for m in files}
+            if legacy:
+                ctx.saw("torch-legacy-tar")
+            for member in files:
                 start, size = member.offset_data, member.size
 
                 def opener(start: int = start, size: int = size) -> BinaryIO:
@@ -141,7 +148,11 @@ def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
 
                     return io.BufferedReader(SubFile(f, start, size))  # type: ignore[arg-type]
 
-                ctx.scan(blob.child(member.name, size, opener), depth + 1)
+                child = blob.child(member.name, size, opener)
+                if legacy and member.name in ("storages", "tensors"):
+                    scan_legacy_tar_member(ctx, child, member.name, depth + 1)
+                else:
+                    ctx.scan(child, depth + 1)
     ctx.saw("tar")
     return True
 
