@@ -17,15 +17,13 @@ from trainguard.scan.analyzers.archives import (
     analyze_tar,
     analyze_zip,
 )
-from trainguard.scan.analyzers.formats import (
-    analyze_gguf,
-    analyze_hdf5,
-    analyze_json,
-    analyze_protobuf,
-    analyze_safetensors,
-)
+from trainguard.scan.analyzers.gguf import analyze_gguf
+from trainguard.scan.analyzers.jsonfiles import analyze_json
+from trainguard.scan.analyzers.keras import analyze_hdf5
 from trainguard.scan.analyzers.numpy import analyze_npy
 from trainguard.scan.analyzers.pickles import analyze_pickle
+from trainguard.scan.analyzers.protobuf import analyze_protobuf
+from trainguard.scan.analyzers.safetensors import analyze_safetensors
 from trainguard.scan.context import Blob, ScanContext
 
 Analyzer = Callable[[ScanContext, Blob, int, bytes], bool]
