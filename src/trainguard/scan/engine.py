@@ -1,20 +1,23 @@
 """Walk targets, scan each file, assemble a :class:`Report`.
 
 Symbolic links are followed only while they stay inside the scanned tree (for a path inside a
-Hugging Face cache repository, ``models--org--name/``, the whole repository counts as the tree, since
-its snapshots link into ``blobs/``). A link that leaves the tree is a finding and is not followed,
-unless the caller explicitly opts in. Each underlying file is scanned once, however many links
-reach it. FIFOs, devices and sockets are never opened.
+Hugging Face cache repository, ``models--org--name/``, the whole repository counts as the tree,
+since its snapshots link into ``blobs/``). A link that leaves the tree is a finding and is not
+followed, unless the caller explicitly opts in. Each underlying file is scanned once, however many
+links reach it. FIFOs, devices and sockets are never opened.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from trainguard.core.config import ScanConfig
 from trainguard.core.errors import InputError
@@ -54,19 +57,32 @@ def iter_files(
 ) -> Iterator[tuple[_Job | None, Finding | None, str | None]]:
     """Yield (job, finding, error) triples: files to scan, link findings, unreadable targets."""
     seen: set[tuple[int, int]] = set()
+    walked: set[tuple[int, int]] = set()  # directories entered through links (loops end here)
     count = 0
     for target in targets:
         p = Path(target)
         if not os.path.lexists(p):
             yield None, None, f"{target}: no such file or directory"
             continue
-        root = p.resolve()
-        root = _repo_root(root) or (root if root.is_dir() else root.parent)
+        try:
+            root = p.resolve()
+            root = _repo_root(root) or (root if root.is_dir() else root.parent)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            yield None, None, f"{target}: {_reason(exc)}"
+            continue
+        errors: list[str] = []
+        deferred: list[tuple[tuple[int, int], Path]] = []
+        queue: deque[tuple[Path, bool]] = deque()
         if p.is_dir() and not p.is_symlink():
-            walker: Iterable[Path] = _walk(p)
+            queue.extend((fp, False) for fp in _walk(p, errors))
         else:
-            walker = [p]
-        for fp in walker:
+            queue.append((p, True))
+        while queue or errors:
+            while errors:
+                yield None, None, errors.pop(0)
+            if not queue:
+                break
+            fp, named = queue.popleft()
             count += 1
             if count > config.limits.max_files:
                 yield None, rule("TG-LIM-001").finding(
@@ -83,37 +99,55 @@ def iter_files(
                         ), None
                         continue
                 st = os.stat(fp)
-            except OSError as exc:
-                yield None, None, f"{display}: {exc.strerror or exc}"
+            except (OSError, RuntimeError) as exc:
+                yield None, None, f"{display}: {_reason(exc)}"
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if fp.is_symlink():
-                    # a directory link inside the tree: walk it (bounded by the inode set below)
-                    for sub in _walk(fp):
-                        key = _key(sub)
-                        if key and key not in seen:
-                            seen.add(key)
-                            yield _Job(str(sub), str(sub)), None, None
+                # a directory link inside the tree: its entries get the same checks as any
+                # other (links out of the tree, devices), and each directory is entered once
+                if (fp.is_symlink() or named) and (st.st_dev, st.st_ino) not in walked:
+                    walked.add((st.st_dev, st.st_ino))
+                    queue.extend((sub, False) for sub in _walk(fp, errors))
                 continue
             if not stat.S_ISREG(st.st_mode):
+                if named:  # named on the command line: say why nothing was read
+                    yield None, None, f"{display}: not a regular file (FIFO, device or socket); " \
+                        "not opened"
                 continue  # FIFOs, devices, sockets: never opened
             key = (st.st_dev, st.st_ino)
             if key in seen:
                 continue
+            if not named and _in_hub_blobs(fp):
+                # a Hugging Face cache blob: report it under the snapshot name that links to
+                # it (config.json, not blobs/<sha>), so wait until the snapshots were walked
+                deferred.append((key, fp))
+                continue
             seen.add(key)
             yield _Job(str(fp), display), None, None
+        for key, fp in deferred:
+            if key not in seen:  # a blob no snapshot names (an old revision)
+                seen.add(key)
+                yield _Job(str(fp), str(fp)), None, None
 
 
-def _key(p: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(p)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+def _in_hub_blobs(path: Path) -> bool:
+    """True for ``models--org--name/blobs/<sha>`` in a Hugging Face hub cache."""
+    parent = path.parent
+    return parent.name == "blobs" and parent.parent.name.startswith(
+        ("models--", "datasets--", "spaces--"))
 
 
-def _walk(top: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    return "symbolic link loop" if "loop" in str(exc).lower() else str(exc)
+
+
+def _walk(top: Path, errors: list[str]) -> Iterator[Path]:
+    def onerror(exc: OSError) -> None:  # a directory that cannot be listed is not skipped quietly
+        errors.append(f"{exc.filename}: {exc.strerror or exc}")
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=onerror, followlinks=False):
         dirnames.sort()
         d = Path(dirpath)
         for name in sorted(filenames):
@@ -123,23 +157,79 @@ def _walk(top: Path) -> Iterator[Path]:
                 yield d / name
 
 
-def scan_file(path: str, display: str, config: ScanConfig) -> tuple[FileResult, list[Finding], str | None]:
-    """Scan one file on disk; never raises for hostile content."""
+class _FdFile(io.RawIOBase):
+    """One open file descriptor read with pread: every reader has its own position, and the
+    file is never opened again by name (so it cannot be swapped for a FIFO mid-scan)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = os.pread(self._fd, len(b), self._pos)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def scan_file(
+    path: str, display: str, config: ScanConfig
+) -> tuple[FileResult, list[Finding], str | None]:
+    """Scan one file on disk; never raises for hostile content.
+
+    Only regular files are read: a FIFO, device or socket (checked before opening, and again on
+    the open descriptor) is an input error, never a read that blocks or never ends.
+    """
     start = time.perf_counter()
     policy = Policy(config.allow_globals)
     ctx = ScanContext(config, policy, display)
+
+    def error(reason: str) -> tuple[FileResult, list[Finding], str | None]:
+        return FileResult(display, FileStatus.ERROR, note=reason), [], f"{display}: {reason}"
+
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(4096)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return error("not a regular file (FIFO, device or socket); not opened")
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
-        fr = FileResult(display, FileStatus.ERROR, note=str(exc.strerror or exc))
-        return fr, [], f"{display}: {exc.strerror or exc}"
-    blob = Blob(display, None, size, lambda: open(path, "rb"))
+        return error(str(exc.strerror or exc))
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # swapped between the check and the open
+            return error("not a regular file (FIFO, device or socket); not opened")
+        size = st.st_size
+        head = os.pread(fd, 4096, 0)
+
+        def opener() -> BinaryIO:
+            return io.BufferedReader(_FdFile(fd, size))  # type: ignore[return-value]
+
+        blob = Blob(display, None, size, opener)
         ctx.scan(blob, 0, head)
+    except OSError as exc:
+        return error(str(exc.strerror or exc))
     finally:
         ctx.close()
+        os.close(fd)
     status = FileStatus.SCANNED if (ctx.formats or ctx.findings) else FileStatus.SKIPPED
     fr = FileResult(display, status, ctx.formats, size, time.perf_counter() - start,
                     len(ctx.findings), "" if status is FileStatus.SCANNED else "not a model format")
@@ -194,7 +284,8 @@ def scan_paths(
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             args = [(j.path, j.display, config) for j in work]
-            for fr, findings, error in pool.map(_scan_job, args, chunksize=max(1, len(args) // (jobs * 8))):
+            chunks = max(1, len(args) // (jobs * 8))
+            for fr, findings, error in pool.map(_scan_job, args, chunksize=chunks):
                 collect(fr, findings, error)
     else:
         for j in work:

@@ -75,6 +75,8 @@ SAFE_CALLABLES = frozenset(
         "numpy.ndarray", "numpy.dtype", "numpy.ma.core._mareconstruct",
         "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__bit_generator_ctor",
         "numpy.random._pickle.__generator_ctor",
+        # Cython unpickler: SeedSequence.__new__(cls) (a TypeError for any other cls), then state
+        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
         "argparse.Namespace", "types.SimpleNamespace", "datetime.datetime", "datetime.date",
         "datetime.time", "datetime.timedelta", "datetime.timezone", "decimal.Decimal",
         "fractions.Fraction", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
@@ -85,14 +87,11 @@ SAFE_CALLABLES = frozenset(
         "lightning.fabric.utilities.data.AttributeDict",
         "pytorch_lightning.utilities.parsing.AttributeDict",
         "lightning.pytorch.utilities.parsing.AttributeDict",
-        "transformers.training_args.TrainingArguments",
-        "transformers.training_args_seq2seq.Seq2SeqTrainingArguments",
         "transformers.trainer_utils.IntervalStrategy", "transformers.trainer_utils.SaveStrategy",
         "transformers.trainer_utils.SchedulerType", "transformers.trainer_utils.HubStrategy",
         "transformers.trainer_utils.FSDPOption", "transformers.training_args.OptimizerNames",
         "transformers.debug_utils.DebugOption", "transformers.utils.generic.PaddingStrategy",
         "transformers.utils.generic.ExplicitEnum", "accelerate.utils.dataclasses.DistributedType",
-        "accelerate.state.PartialState",
     ]
     + [f"torch.{s}Storage" for s in _STORAGES]
     + [f"torch.cuda.{s}Storage" for s in _STORAGES]
@@ -102,8 +101,27 @@ SAFE_CALLABLES = frozenset(
 # module attributes in full-model saves.
 SAFE_REFERENCES = frozenset(
     [f"torch.{d}" for d in _DTYPES]
+    # legacy tensor type objects (torch.FloatTensor...), recorded by old checkpoints' metadata
+    + [f"torch.{s}Tensor" for s in _STORAGES if s != "Untyped"]
     + ["torch.Tensor", "torch._tensor.Tensor", "builtins.NotImplemented", "builtins.Ellipsis",
        "builtins.None", "builtins.True", "builtins.False"]
+    # numpy bit generators and SeedSequence, passed as classes to numpy.random._pickle's ctors
+    + ["numpy.random._mt19937.MT19937", "numpy.random._pcg64.PCG64",
+       "numpy.random._pcg64.PCG64DXSM", "numpy.random._philox.Philox", "numpy.random._sfc64.SFC64",
+       "numpy.random.bit_generator.SeedSequence"]
+)
+
+# Classes safe to rebuild the way pickle rebuilds plain objects (NEWOBJ or copyreg._reconstructor,
+# then BUILD fills __dict__: none of their code runs) but not to call through REDUCE, which would
+# run __init__/__post_init__ (TrainingArguments reads deepspeed/accelerator JSON files and sets up
+# devices; PartialState initialises torch.distributed).
+SAFE_CLASSES = frozenset(
+    [
+        "transformers.training_args.TrainingArguments",
+        "transformers.training_args_seq2seq.Seq2SeqTrainingArguments",
+        "transformers.trainer_pt_utils.AcceleratorConfig",
+        "accelerate.state.PartialState",
+    ]
 )
 
 # Patterns of framework classes: (regex on the full name, allowed uses).
@@ -123,6 +141,9 @@ SAFE_PATTERNS: tuple[tuple[re.Pattern[str], frozenset[str]], ...] = (
      frozenset({IMPORT, CONSTRUCT, CALL})),
     (re.compile(r"^sklearn\.[a-z_0-9.]+\.__pyx_unpickle_[A-Za-z0-9_]+$"), frozenset({IMPORT, CALL})),
     (re.compile(rf"^scipy\.sparse\.[a-z_0-9.]+\.{_CLASS}$"), frozenset({IMPORT, CONSTRUCT})),
+    # scipy.sparse's own (lower-case) matrix and array classes, e.g. scipy.sparse._csr.csr_matrix
+    (re.compile(r"^scipy\.sparse\._(bsr|coo|csc|csr|dia|dok|lil)\.\1_(matrix|array)$"),
+     frozenset({IMPORT, CONSTRUCT})),
 )
 
 # TorchScript archives are read by torch.jit's C++ unpickler, which resolves these inside the
@@ -154,7 +175,13 @@ DANGEROUS_MODULES = frozenset(
     numpy.lib.npyio numpy.lib.format numpy.fromfile numpy.memmap numpy.lib.utils joblib.load
     joblib.numpy_pickle.load joblib.numpy_pickle.NDArrayWrapper joblib.parallel keras.models
     tensorflow jax transformers.dynamic_module_utils huggingface_hub subprocess32 sh plumbum
-    paramiko fabric invoke pexpect""".split()
+    paramiko fabric invoke pexpect
+    _operator.attrgetter _operator.methodcaller _operator.itemgetter operator.itemgetter
+    _functools.partial _functools.reduce idlelib lib2to3 _pyrepl torch.utils.bottleneck
+    torch.utils._config_module logging.handlers logging.FileHandler mmap py_compile compileall
+    commands urllib2 httplib fileinput linecache resource _sqlite3 test.support _posixshmem
+    copyreg.add_extension copyreg.remove_extension copyreg.pickle copyreg.dispatch_table
+    pdb_clone IPython""".split()
 )
 
 # Exact dangerous globals in otherwise harmless modules.
@@ -180,7 +207,8 @@ DANGEROUS_LEAVES = frozenset(
     compile __import__ import_module load_module exec_module run_module run_path run_string
     run_code interact system_profile loads load_library dlopen LoadLibrary CDLL PyDLL
     cdll pydll __reduce__ __reduce_ex__ __globals__ __builtins__ __subclasses__ __code__
-    __getattribute__ __setattr__ __class__ __bases__ __mro__ __init_subclass__""".split()
+    __getattribute__ __setattr__ __class__ __bases__ __mro__ __init_subclass__ __dict__
+    write_text write_bytes unlink rmtree symlink_to hardlink_to touch""".split()
 )
 
 # ---------------------------------------------------------------------------- sabotage
@@ -192,7 +220,8 @@ _SAB_RNG = frozenset(
     torch.cuda.random.set_rng_state torch.cuda.random.set_rng_state_all torch.mps.manual_seed
     torch.xpu.manual_seed torch.xpu.manual_seed_all torch.Generator.manual_seed
     torch.Generator.set_state torch._C.Generator.manual_seed torch._C.Generator.set_state
-    torch._C._set_rng_state torch.default_generator
+    torch._C._set_rng_state torch.default_generator torch._C.default_generator
+    torch.cuda.default_generators numpy.random._rand
     random.seed random.setstate random.Random.seed random.Random.setstate random._inst
     numpy.random.seed numpy.random.set_state numpy.random.mtrand.seed numpy.random.mtrand.set_state
     numpy.random.mtrand._rand numpy.random.RandomState.seed numpy.random.mtrand.RandomState.seed
@@ -225,6 +254,14 @@ _SAB_SETTINGS = frozenset(
     torch.autograd.anomaly_mode.set_detect_anomaly torch.no_grad torch.inference_mode""".split()
 )
 _SAB_SETTING_MODULES = frozenset("torch.backends torch.nn.init".split())
+# Tensor classes whose in-place methods (``add_``, ``zero_``...) called at load time rewrite
+# weights: REDUCE on ``torch.Tensor.zero_`` with a tensor of the same checkpoint.
+_TENSOR_CLASSES = frozenset(
+    "torch.Tensor torch._tensor.Tensor torch._C.TensorBase torch._C._TensorBase".split()
+)
+# Extension-registry lookups (EXT1/2/4) are named under this prefix by the pickle machine: what
+# they resolve to is unknowable, so they are graded as unknown globals, not as the registry.
+_OPAQUE_NAMES = frozenset({"copyreg._extension_registry"})
 # Where BUILD/setattr on an imported object is a training monkeypatch rather than a generic one.
 TRAINING_CRITICAL = frozenset(
     """torch random numpy transformers lightning pytorch_lightning lightning_fabric accelerate
@@ -296,19 +333,24 @@ class Policy:
         key = (module, name, frozenset(uses))
         v = self._cache.get(key)
         if v is None:
-            v = self._cache[key] = self._classify(normalize(module, name), key[2])
+            v = self._cache[key] = self._classify(normalize(module, name), key[2],
+                                                  name.count("."))
         return v
 
-    def _classify(self, full: str, uses: frozenset[str]) -> Verdict:
+    def _classify(self, full: str, uses: frozenset[str], chain: int = 0) -> Verdict:
+        """``chain``: how many attribute lookups the name does after its first (protocol 4
+        dotted names such as ``serialization.os.system``)."""
         prefixes = _prefixes(full)
+        parts = full.split(".")
         raw = full
         # 1. sabotage primitives
         sab = sabotage(full, prefixes)
         if sab is not None:
             return sab
         if BUILD in uses:
-            top = prefixes[0]
-            if top in TRAINING_CRITICAL:
+            # random.seed replaced through BUILD on the module, reached under any dotted name
+            # (``email.utils.random`` is the stdlib random module)
+            if any(seg in TRAINING_CRITICAL for seg in parts):
                 return Verdict("TG-SAB-002", Severity.CRITICAL, f"sets attributes of {full}")
             return Verdict("TG-PKL-006", Severity.HIGH, f"sets attributes of {full}")
         # 2. exact allow-list (and TorchScript's own namespace inside TorchScript archives)
@@ -317,15 +359,26 @@ class Policy:
                 return ALLOWED
         if full in SAFE_CALLABLES:
             return ALLOWED
+        if full in SAFE_CLASSES and uses <= {IMPORT, CONSTRUCT}:
+            return ALLOWED
         if full in SAFE_REFERENCES and uses <= {IMPORT}:
             return ALLOWED
         # 3. deny-list: exact names, then any dotted prefix, then dangerous leaf names
         if full in DANGEROUS_NAMES:
             return Verdict("TG-PKL-001", Severity.CRITICAL, f"{full} is a code-execution primitive")
         for p in prefixes:
-            if p in DANGEROUS_MODULES:
+            if p in DANGEROUS_MODULES or (p in DANGEROUS_NAMES and p not in _OPAQUE_NAMES):
                 return Verdict("TG-PKL-001", Severity.CRITICAL, f"{raw} is in {p}")
-        leaf_hits = [seg for seg in full.split(".")[1:] if seg in DANGEROUS_LEAVES]
+        # A dotted name walks attributes, and modules keep the modules they import as attributes:
+        # 'torch' + 'serialization.os.remove' is os.remove. Judge every module met on the way.
+        first_attr = len(parts) - chain - 1
+        for i in range(first_attr, len(parts) - 1):
+            for j in range(i + 1, len(parts) + 1):
+                inner = ".".join(parts[i:j])
+                if inner in DANGEROUS_MODULES or inner in DANGEROUS_NAMES:
+                    return Verdict("TG-PKL-001", Severity.CRITICAL,
+                                   f"{raw} reaches {inner} through an attribute chain")
+        leaf_hits = [seg for seg in parts[1:] if seg in DANGEROUS_LEAVES]
         if leaf_hits:
             return Verdict("TG-PKL-001", Severity.CRITICAL,
                            f"{raw} reaches {leaf_hits[-1]} through an attribute chain")
@@ -358,6 +411,13 @@ def sabotage(full: str, prefixes: list[str] | None = None) -> Verdict | None:
     ):
         return Verdict("TG-SAB-005", Severity.HIGH, f"{full} changes global training settings")
     leaf = full.rsplit(".", 1)[-1]
+    if prefixes[0] == "torch" and leaf.startswith("register_") and "hook" in leaf:
+        # torch.optim.optimizer.register_optimizer_step_pre_hook and
+        # torch.nn.modules.module.register_module_forward_hook act on every optimizer/module
+        return Verdict("TG-SAB-002", Severity.CRITICAL, f"{full} installs a global hook")
+    if (any(p in _TENSOR_CLASSES for p in prefixes[:-1]) and leaf.endswith("_")
+            and not leaf.startswith("__")):
+        return Verdict("TG-SAB-002", Severity.CRITICAL, f"{full} modifies tensors in place")
     if prefixes[0] == "torch" and (leaf.startswith("set_") or leaf.startswith("_set_")):
         return Verdict("TG-SAB-005", Severity.HIGH, f"{full} changes global torch state")
     return None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 import zlib
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from trainguard.artifacts.sniff import HEAD_SIZE
 from trainguard.artifacts.streams import MissingCodec, open_compressed
@@ -17,6 +18,8 @@ from trainguard.scan.context import Blob, ScanContext
 
 # Members up to this size are read whole (and their CRC checked); larger ones are streamed.
 _READ_WHOLE = 64 << 20
+# Header disagreements listed per rule and archive before the rest are counted in one finding.
+_MAX_ANOMALIES = 50
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TORCH_STORAGE = re.compile(r"^(?:[^/]+/)?data/\d+$")
 
@@ -45,10 +48,8 @@ def analyze_zip(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
     blob = ctx.materialize(blob)
     assert blob.size is not None
     with blob.opener() as f:
-        arch = read_zip(f, blob.size, ctx.limits.max_members)
-        for name, desc in arch.anomalies:
-            rule_id = "TG-ZIP-002" if desc == "duplicate member name" else "TG-ZIP-001"
-            ctx.add(rule_id, blob, f"{name or '<archive>'}: {desc}")
+        arch = read_zip(f, blob.size, ctx.limits.max_members, ctx.limits.max_header_bytes)
+        _report_anomalies(ctx, blob, arch.anomalies)
         if arch.prefix:
             ctx.add("TG-FMT-002", blob, f"{arch.prefix} byte(s) before the first zip member")
         prefix = _torch_prefix(arch)
@@ -68,19 +69,54 @@ def analyze_zip(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
                     ctx.add("TG-ZIP-002", blob, f"{e.name!r}: {trick}")
                 if e.is_dir:
                     continue
-                if prefix is not None and _TORCH_STORAGE.match(e.name[len(prefix):] if e.name.startswith(prefix) else e.name):
+                rel = e.name[len(prefix):] if prefix and e.name.startswith(prefix) else e.name
+                if prefix is not None and _TORCH_STORAGE.match(rel):
                     continue  # tensor payload: raw bytes torch never unpickles; never read
-                _scan_member(ctx, blob, f, e, depth)
+                _scan_member(ctx, blob, f, e, depth, overlapping=arch.overlapping)
         finally:
             ctx.policy = policy
     return True
 
 
-def _scan_member(ctx: ScanContext, blob: Blob, f: BinaryIO, e: ZipEntry, depth: int) -> None:
+def _report_anomalies(ctx: ScanContext, blob: Blob, anomalies: list[tuple[str, str]]) -> None:
+    """One finding per header disagreement, up to _MAX_ANOMALIES per rule; then a count."""
+    dropped: dict[str, int] = {}
+    listed: dict[str, int] = {}
+    for name, desc in anomalies:
+        rule_id = "TG-ZIP-002" if desc == "duplicate member name" else "TG-ZIP-001"
+        if listed.get(rule_id, 0) >= _MAX_ANOMALIES:
+            dropped[rule_id] = dropped.get(rule_id, 0) + 1
+            continue
+        listed[rule_id] = listed.get(rule_id, 0) + 1
+        ctx.add(rule_id, blob, f"{name or '<archive>'}: {desc}")
+    for rule_id, n in dropped.items():
+        ctx.add(rule_id, blob, f"{n} more member(s) with the same kind of problem", count=n)
+
+
+def _read_upto(m: BinaryIO, limit: int) -> bytes:
+    """At most ``limit`` bytes, read in chunks: memory follows what the member really holds,
+    not what its header claims."""
+    parts: list[bytes] = []
+    got = 0
+    while got < limit:
+        part = m.read(min(1 << 20, limit - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _scan_member(ctx: ScanContext, blob: Blob, f: BinaryIO, e: ZipEntry, depth: int, *,
+                 overlapping: bool = False) -> None:
+    if overlapping and e.method == 0:
+        # Members that share bytes: stored ones are no decompression, yet reading the same
+        # bytes once per central directory entry is the same bomb; charge them to the budget.
+        ctx.budget.charge(e.csize)
     try:
         if e.usize <= _READ_WHOLE:
             with open_member(f, e, ctx.budget) as m:
-                data = m.read(_READ_WHOLE + 1)
+                data = _read_upto(m, _READ_WHOLE + 1)
             if len(data) != e.usize:
                 ctx.add("TG-ZIP-001", blob, f"{e.name}: {len(data)} bytes, central directory "
                         f"says {e.usize}")
@@ -90,7 +126,9 @@ def _scan_member(ctx: ScanContext, blob: Blob, f: BinaryIO, e: ZipEntry, depth: 
         else:
             def opener(e: ZipEntry = e) -> BinaryIO:
                 return open_member(f, e, ctx.budget)
-            child = blob.child(e.name, e.usize, opener, seekable=e.method == 0)
+            # a stored member is exactly its compressed bytes, whatever usize claims
+            child = blob.child(e.name, e.csize if e.method == 0 else e.usize, opener,
+                               seekable=e.method == 0)
     except MissingCodec as exc:
         ctx.add("TG-FMT-003", blob, f"{e.name}: {exc}")
         return
@@ -106,19 +144,26 @@ def _join(blob: Blob, name: str) -> str:
 
 def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
     blob = ctx.materialize(blob)
+    assert blob.size is not None
     count = 0
     files: list[tarfile.TarInfo] = []
+    broken: str | None = None
     with blob.opener() as f:
+        # tarfile reads GNU long names and pax headers whole, at whatever size the header
+        # declares: every read it makes goes through a guard bounded by max_header_bytes.
+        guarded = _HeaderReads(f, ctx.limits.max_header_bytes)
         try:
-            tf = tarfile.open(fileobj=f, mode="r:")
-        except tarfile.TarError as exc:
+            tf = tarfile.open(fileobj=guarded, mode="r:")  # noqa: SIM115 - closed by `with tf`
+        except _TAR_ERRORS as exc:
             raise MalformedInput(f"tar: {exc}") from None
         with tf:
             while True:
                 try:
                     member = tf.next()
-                except tarfile.TarError as exc:
-                    raise MalformedInput(f"tar: {exc}") from None
+                except _TAR_ERRORS as exc:
+                    # keep what was listed: members before the damage are still scanned
+                    broken = f"tar: {exc}"
+                    break
                 if member is None:
                     break
                 count += 1
@@ -135,6 +180,10 @@ def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
                     continue
                 if member.isfile():
                     files.append(member)
+            if broken is None:
+                broken = _tar_end_problem(f, tf.offset, blob.size)
+            if broken is not None:
+                ctx.add("TG-FMT-001", blob, broken)
             # torch < 0.4 wrote checkpoints as tar files whose 'storages' and 'tensors' members
             # interleave pickles with raw tensor bytes (torch/serialization.py legacy_load).
             legacy = {"storages", "tensors", "pickle"} <= {m.name for m in files}
@@ -142,6 +191,10 @@ def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
                 ctx.saw("torch-legacy-tar")
             for member in files:
                 start, size = member.offset_data, member.size
+                if start + size > blob.size:
+                    ctx.add("TG-FMT-001", blob, f"{member.name!r}: member data runs past the end "
+                            f"of the archive ({size} bytes declared)", offset=start)
+                    size = max(0, blob.size - start)
 
                 def opener(start: int = start, size: int = size) -> BinaryIO:
                     from trainguard.artifacts.streams import SubFile
@@ -157,6 +210,64 @@ def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
     return True
 
 
+# tarfile raises TarError subclasses for bad headers, but also ValueError (GNU sparse maps,
+# pax numbers), UnicodeError, OverflowError and OSError (a seek past 2**63) for hostile ones.
+_TAR_ERRORS = (tarfile.TarError, ValueError, OverflowError, OSError, EOFError)
+_TAR_TAIL = 64 << 10
+
+
+def _tar_end_problem(f: BinaryIO, end: int, size: int) -> str | None:
+    """Why the bytes after the last member are not an end-of-archive marker, or None.
+
+    POSIX ustar ends with zero blocks (tarfile stops quietly at a truncated or damaged header,
+    so a cut archive would otherwise pass as complete).
+    """
+    if end + 512 > size:
+        return "tar: no end-of-archive marker after the last member (truncated archive)"
+    f.seek(end)
+    tail = f.read(_TAR_TAIL)
+    if tail.count(0) == len(tail):
+        return None
+    return (f"tar: {size - end} byte(s) after the last member are not an end-of-archive "
+            "marker (truncated or damaged header, or appended data)")
+
+
+class _HeaderReads(io.RawIOBase):
+    """The archive as tarfile sees it: any single read over ``limit`` bytes is refused.
+
+    tarfile only reads headers through it (member data is read through SubFile), so the bound
+    is on metadata: a 64 GiB GNU long-name header costs a finding, not 64 GiB of memory.
+    """
+
+    def __init__(self, f: BinaryIO, limit: int) -> None:
+        super().__init__()
+        self._f = f
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if n is None or n < 0 or n > self._limit:
+            raise LimitExceeded("max_header_bytes", self._limit,
+                                f"tar header of {n} bytes")
+        return self._f.read(n)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
 def analyze_compressed(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
     from trainguard.artifacts.sniff import Format, sniff
 
@@ -169,12 +280,32 @@ def analyze_compressed(ctx: ScanContext, blob: Blob, depth: int, head: bytes) ->
 
     child = blob.child(f"<{codec}>", None, opener, seekable=False)
     with opener() as f:
-        inner_head = f.read(HEAD_SIZE)
+        inner_head = _read_head(f)
     if not inner_head:
         raise MalformedInput(f"empty {codec} stream")
     ctx.saw(codec)
     ctx.scan(child, depth + 1, inner_head)
     return True
+
+
+def _read_head(f: BinaryIO) -> bytes:
+    """The first HEAD_SIZE bytes of a decompressed stream, or fewer if it breaks after them: a
+    stream cut in its trailer still gets its content analyzed (and the break reported there)."""
+    read1 = getattr(f, "read1", f.read)  # one decompressor call at a time
+    parts: list[bytes] = []
+    got = 0
+    while got < HEAD_SIZE:
+        try:
+            part = read1(HEAD_SIZE - got)
+        except MalformedInput:
+            if got:
+                break
+            raise
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def analyze_7z(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
@@ -193,15 +324,32 @@ def analyze_7z(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
                     raise LimitExceeded("max_members", ctx.limits.max_members, "7z archive")
                 declared = sum(int(i.uncompressed or 0) for i in infos)
                 ctx.budget.charge(declared)
-                data = z.readall() or {}
+                data = _read_7z(z, max((int(i.uncompressed or 0) for i in infos), default=0))
         except (py7zr.exceptions.Bad7zFile, py7zr.exceptions.ArchiveError, EOFError,
                 KeyError, ValueError, OSError) as exc:
             raise MalformedInput(f"7z: {exc}") from None
     ctx.saw("7z")
-    for name, bio in sorted(data.items()):
-        payload = bio.read()
+    for name, payload in sorted(data.items()):
         trick = _name_tricks(name)
         if trick:
             ctx.add("TG-ZIP-002", blob, f"{name!r}: {trick}")
         ctx.scan(Blob.from_bytes(blob.path, _join(blob, name), payload), depth + 1)
     return True
+
+
+def _read_7z(z: object, largest: int) -> dict[str, bytes]:
+    """Every member of an open py7zr archive, in memory (py7zr < 1.0 ``readall``, 1.x factory)."""
+    readall = getattr(z, "readall", None)
+    if readall is not None:
+        return {name: bio.read() for name, bio in (readall() or {}).items()}
+    from py7zr.io import BytesIOFactory
+
+    # BytesIOFactory stops writing at its limit: one byte over the largest declared member
+    # shows a member that decompressed to more than it declared.
+    factory = BytesIOFactory(largest + 1)
+    z.extractall(factory=factory)  # type: ignore[attr-defined]
+    out = {}
+    for name, product in factory.products.items():
+        product.seek(0)
+        out[name] = product.read()
+    return out

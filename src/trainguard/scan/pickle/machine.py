@@ -32,6 +32,11 @@ _HEAD = 16
 # Longest text argument line (GLOBAL names, protocol 0 strings).
 _LINE_LIMIT = 64 << 20
 _SMALL = 1 << 16
+# Longest rendering of a value in evidence; attribute names kept per global; state entries
+# followed per BUILD. Each bounds what one opcode can cost, whatever the stream built before.
+_DESCRIBE_MAX = 160
+_MAX_BUILD_ATTRS = 32
+_MAX_STATE_KEYS = 256
 
 
 class Global:
@@ -134,6 +139,13 @@ class SymSet(list):  # type: ignore[type-arg]
 
 def describe(value: object, depth: int = 0) -> str:
     """A short, human-readable rendering of a symbolic value for evidence strings."""
+    # Bounded at every level: evidence is built per call site, and a hostile stream can make
+    # thousands of call sites share one wide or huge value.
+    text = _describe(value, depth)
+    return text if len(text) <= _DESCRIBE_MAX else text[:_DESCRIBE_MAX - 3] + "..."
+
+
+def _describe(value: object, depth: int) -> str:
     if depth > 3:
         return "..."
     if isinstance(value, Global):
@@ -142,15 +154,24 @@ def describe(value: object, depth: int = 0) -> str:
         if isinstance(value.func, Global) and value.func.qualname in (
             "builtins.getattr", "__builtin__.getattr"
         ) and isinstance(value.args, tuple) and len(value.args) == 2:
-            return f"{describe(value.args[0], depth + 1)}.{value.args[1]}"
+            attr = value.args[1]
+            attr_text = attr if isinstance(attr, str) and len(attr) <= 60 else describe(attr, 3)
+            return f"{describe(value.args[0], depth + 1)}.{attr_text}"
         return f"{describe(value.func, depth + 1)}(...)"
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
     if isinstance(value, tuple):
-        return "(" + ", ".join(describe(v, depth + 1) for v in value[:4]) + (
-            ", ..." if len(value) > 4 else "") + ")"
+        parts: list[str] = []
+        for v in value[:4]:
+            parts.append(describe(v, depth + 1))
+            if sum(map(len, parts)) >= _DESCRIBE_MAX:
+                break
+        return "(" + ", ".join(parts) + (", ..." if len(value) > len(parts) else "") + ")"
+    if isinstance(value, int) and value.bit_length() > 64:
+        # repr of a LONG4 constant can exceed sys.get_int_max_str_digits() and raise
+        return f"<{value.bit_length()}-bit int>"
     return repr(value) if not isinstance(value, (SymList, SymDict, SymSet)) else type(value).__name__
 
 
@@ -216,7 +237,12 @@ BuildHook = Callable[["PickleMachine", Call], None]
 
 
 def _decode_str(data: bytes) -> str:
-    return data.decode("utf-8", "surrogatepass")
+    # The loader decodes names as UTF-8 and fails the load on bad bytes (_pickle.c load_global):
+    # a malformed stream, never an exception escaping the machine.
+    try:
+        return data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise MalformedInput(f"invalid UTF-8 in text argument: {exc.reason}") from None
 
 
 class PickleMachine:
@@ -228,13 +254,20 @@ class PickleMachine:
         *,
         max_opcodes: int = 20_000_000,
         build_hooks: dict[str, BuildHook] | None = None,
+        max_globals: int = 10_000,
     ) -> None:
         self.r = reader
         self.max_opcodes = max_opcodes
+        self.max_globals = max_globals
         self.build_hooks = build_hooks or {}
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
+        #: attribute values that BUILD or setattr stored on imported objects, by (module, dotted
+        #: name): a later GLOBAL of that name reads the value back (modelscan issue #85)
+        self._attrs: dict[tuple[str, str], Any] = {}
+        # ids of the byte strings already in result.nested (the objects stay alive there)
+        self._nested_ids: set[int] = set()
         self.result = StreamResult(start=reader.tell())
         self._dispatch = self._make_dispatch()
 
@@ -245,6 +278,10 @@ class PickleMachine:
         key = (g.module, g.name)
         gu = self.result.globals.get(key)
         if gu is None:
+            # five bytes of GLOBAL make a record (and later a finding): bound their number
+            if len(self.result.globals) >= self.max_globals:
+                raise LimitExceeded("max_pickle_globals", self.max_globals,
+                                    "distinct globals imported by one pickle stream")
             gu = self.result.globals[key] = GlobalUse(g.module, g.name, offset)
         gu.uses.add(use)
         if use == "import":
@@ -252,13 +289,46 @@ class PickleMachine:
         if args is not None and len(gu.call_args) < 3:
             gu.call_args.append(describe(args))
 
-    def _call(self, func: object, args: object, kind: str, offset: int) -> Call:
+    def _import(self, module: str, name: str, offset: int) -> object:
+        """What GLOBAL/STACK_GLOBAL push: the import, or a value an earlier BUILD stored there."""
+        g = Global(module, name, offset)
+        self._use(g, "import", offset)
+        return self._attrs.get((module, name), g)
+
+    def _call(self, func: object, args: object, kind: str, offset: int) -> object:
+        func = _legacy_module_class(func)
         if isinstance(func, Global):
             self._use(func, kind, offset, args)
             self._unwrap(func, args, offset)
+            resolved = self._resolve(func, args, offset)
+            if resolved is not None:
+                return resolved
         else:
             self.result.dynamic_calls.append(DynamicCall(offset, describe(func), kind))
         return Call(func, args, kind, offset)
+
+    def _resolve(self, func: Global, args: object, offset: int) -> object | None:
+        """The global that a name-resolving call returns, when its arguments are constants.
+
+        ``getattr(<global>, "attr")`` is the protocol 2-3 spelling of a dotted name, and
+        ``pkgutil.resolve_name("os:system")`` / ``pydoc.locate("os.system")`` import by string
+        (GHSA-vvpj-8cmc-gx39, GHSA-5hvc-6wx8-mvv4). Following them lets the policy judge the real
+        target instead of an anonymous call result.
+        """
+        if not isinstance(args, tuple) or not args:
+            return None
+        name = func.qualname
+        if name in _GETATTR and len(args) in (2, 3) and isinstance(args[0], Global):
+            attr = _fold_str(args[1])
+            if attr is not None:
+                return self._import(args[0].module, f"{args[0].name}.{attr}", offset)
+        elif name in _RESOLVERS:
+            text = _fold_str(args[0])
+            if text:
+                module, sep, attr = text.partition(":") if ":" in text else text.partition(".")
+                if module and sep and attr:
+                    return self._import(module, attr, offset)
+        return None
 
     def _unwrap(self, func: Global, args: object, offset: int) -> None:
         """Wrappers whose arguments name the real callee (copyreg, torch's rebuild helpers)."""
@@ -268,6 +338,22 @@ class PickleMachine:
         if name in ("copyreg._reconstructor", "copy_reg._reconstructor", "copyreg.__newobj__",
                     "copyreg.__newobj_ex__"):
             self._use(args[0], "construct", offset)
+            # _reconstructor(cls, base, state) runs base.__new__(cls, state) and
+            # base.__init__(obj, state) (Lib/copyreg.py): base is called with the state
+            if name.endswith("_reconstructor") and len(args) > 1 and isinstance(args[1], Global) \
+                    and args[1].qualname not in ("builtins.object", "__builtin__.object"):
+                self._use(args[1], "call", offset)
+        elif name in _LOADERS:
+            # the bytes are unpickled or torch.load-ed by the loader: scan them as a file even
+            # when they do not start like a modern pickle (protocol 0, legacy torch streams)
+            data = _fold_bytes(args[0])
+            if data is not None:
+                if id(data) not in self._nested_ids:
+                    self._nested_ids.add(id(data))
+                    self.result.nested.append((offset, data))
+            elif isinstance(args[0], BigBytes):
+                self.result.dynamic_calls.append(DynamicCall(
+                    offset, f"{name} of {args[0].length} bytes too large to inspect", "call"))
         elif name in ("torch._tensor._rebuild_from_type_v2", "torch._tensor._rebuild_from_type"):
             self._use(args[0], "call", offset)
             if len(args) > 1:
@@ -277,7 +363,9 @@ class PickleMachine:
             if isinstance(args[0], Global) and isinstance(args[1], str):
                 self._use(args[0], "build", offset)
                 gu = self.result.globals[(args[0].module, args[0].name)]
-                gu.build_attrs.append(args[1])
+                _add_attrs(gu, [args[1]])
+                if len(args) >= 3:
+                    self._attrs[(args[0].module, f"{args[0].name}.{args[1]}")] = args[2]
 
     def merge(self, sub: StreamResult) -> None:
         """Fold a stream that the loader reads from inside this one (joblib object arrays)."""
@@ -289,7 +377,7 @@ class PickleMachine:
             else:
                 mine.uses |= gu.uses
                 mine.count += gu.count
-                mine.build_attrs.extend(gu.build_attrs)
+                _add_attrs(mine, gu.build_attrs)
         res.dynamic_calls.extend(sub.dynamic_calls)
         res.unusual.extend(sub.unusual)
         res.nested.extend(sub.nested)
@@ -330,6 +418,7 @@ class PickleMachine:
                 self.r.skip(n)
                 return BigBytes(n, head)
         if len(data) >= 4 and _nested_candidate(data):
+            self._nested_ids.add(id(data))
             self.result.nested.append((offset, data))
         return data
 
@@ -362,6 +451,9 @@ class PickleMachine:
             res.error_offset = offset
         except RecursionError:  # pragma: no cover - the machine is iterative; defence in depth
             res.error = "nesting too deep"
+            res.error_offset = offset
+        except Exception as exc:  # fail closed: a machine bug reads as a broken stream
+            res.error = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
             res.error_offset = offset
         res.opcodes = ops
         res.end = r.tell()
@@ -460,7 +552,7 @@ class PickleMachine:
                 raise MalformedInput("STRING argument must be quoted", _o)
             try:
                 self.stack.append(_decode_str(codecs.escape_decode(data)[0]))
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, MalformedInput):
                 self.stack.append(data)
 
         def binstring(_o: int) -> None:
@@ -593,7 +685,8 @@ class PickleMachine:
                 self._container_call(target, "add", _o)
 
         def frozenset_(_o: int) -> None:
-            self.stack.append(SymSet(self._pop_mark()))
+            items = self._pop_mark()  # first: it replaces self.stack
+            self.stack.append(SymSet(items))
 
         def get(_o: int) -> None:
             try:
@@ -642,20 +735,27 @@ class PickleMachine:
         def global_(_o: int) -> None:
             module = _decode_str(line())
             name = _decode_str(line())
-            g = Global(module, name, _o)
-            self._use(g, "import", _o)
-            self.stack.append(g)
+            self.stack.append(self._import(module, name, _o))
 
         def stack_global(_o: int) -> None:
             name = self._pop()
             module = self._pop()
-            if not isinstance(module, str) or not isinstance(name, str):
-                raise MalformedInput(
-                    f"STACK_GLOBAL needs two strings, got {describe(module)} and {describe(name)}", _o
-                )
-            g = Global(module, name, _o)
-            self._use(g, "import", _o)
-            self.stack.append(g)
+            m, n = _fold_str(module), _fold_str(name)
+            if m is not None and n is not None:
+                # literal strings, or strings computed by calls with constant arguments
+                self.stack.append(self._import(m, n, _o))
+                return
+            if _computed(module) or _computed(name):
+                # The name is computed at load time (a call result, an attribute read back):
+                # whatever it resolves to is imported. Record it and go on, never give up.
+                what = f"global named at load time by {describe(module)} and {describe(name)}"
+                self.result.dynamic_calls.append(DynamicCall(_o, what, "import"))
+                self.stack.append(Call(Opaque(what), (module, name), "import", _o))
+                return
+            # constants of the wrong type: the loader fails here too (_pickle.c load_stack_global)
+            raise MalformedInput(
+                f"STACK_GLOBAL needs two strings, got {describe(module)} and {describe(name)}", _o
+            )
 
         def reduce(_o: int) -> None:
             args = self._pop()
@@ -669,7 +769,9 @@ class PickleMachine:
                 # BUILD on an imported module/class/function: sets its attributes in the loader.
                 self._use(inst, "build", _o)
                 gu = self.result.globals[(inst.module, inst.name)]
-                gu.build_attrs.extend(_state_keys(state))
+                _add_attrs(gu, _state_keys(state))
+                for key, value in _state_items(state):
+                    self._attrs[(inst.module, f"{inst.name}.{key}")] = value
             elif isinstance(inst, Call):
                 inst.state = state
                 hook_name = inst.func.qualname if isinstance(inst.func, Global) else None
@@ -713,7 +815,13 @@ class PickleMachine:
             self.result.protocol = p
 
         def frame(_o: int) -> None:
-            read(8)  # framing only groups opcodes; the length needs no checking to parse
+            (n,) = unpack("<Q", read(8))
+            # _pickle.c load_frame reads the whole frame before running any of it: a frame
+            # longer than what is left fails the load right here (streams of unknown size
+            # cannot be checked without buffering the frame).
+            left = r.remaining()
+            if left is not None and n > left:
+                raise MalformedInput(f"FRAME declares {n} bytes, {left} left", _o)
 
         def persid(_o: int) -> None:
             self.result.unusual.append((_o, "PERSID"))
@@ -778,9 +886,111 @@ class PickleMachine:
         self.result.dynamic_calls.append(DynamicCall(offset, f"{describe(target)}.{method}", "call"))
 
 
+def _legacy_module_class(value: object) -> object:
+    """The class a legacy torch file's ``("module", cls, source_file, source)`` persistent id stands
+    for: torch's ``_legacy_load`` persistent_load returns ``cls`` itself (torch/serialization.py),
+    so NEWOBJ/REDUCE on it construct that class, which the policy then judges like any other."""
+    pid = value.pid if isinstance(value, PersistentRef) else None
+    if isinstance(pid, tuple) and len(pid) >= 2 and pid[0] == "module":
+        return pid[1] if isinstance(pid[1], Global) else value
+    return value
+
+
+_GETATTR = frozenset({"builtins.getattr", "__builtin__.getattr"})
+#: functions that import a global named by a string
+_RESOLVERS = frozenset({"pkgutil.resolve_name", "pydoc.locate"})
+#: functions whose first argument is a serialized file the loader deserializes again
+_LOADERS = frozenset({
+    "torch.storage._load_from_bytes", "pickle.loads", "_pickle.loads", "cPickle.loads",
+    "pickle._loads", "dill.loads", "dill._dill.loads", "cloudpickle.loads", "joblib.load",
+    "numpy.loads", "torch.load", "torch.serialization.load",
+})
+_ENCODE = frozenset({"_codecs.encode", "codecs.encode"})
+_STR_JOIN = frozenset({"builtins.str.join", "__builtin__.str.join"})
+#: attributes that hold text: an import of one is a string only known at load time
+_STR_ATTRS = frozenset({"__name__", "__qualname__", "__module__", "__doc__", "__file__",
+                        "__package__"})
+
+
+def _computed(value: object) -> bool:
+    """A STACK_GLOBAL operand only known at load time, which may well be a string.
+
+    Imported functions and classes are not strings (the loader fails on them, like on a
+    constant of the wrong type), but their text attributes (``os.__name__``) are.
+    """
+    if isinstance(value, Global):
+        return value.name.rsplit(".", 1)[-1] in _STR_ATTRS
+    return isinstance(value, (Call, PersistentRef, Opaque))
+
+
+def _codec_name(value: object) -> str:
+    return value.lower().replace("-", "_") if isinstance(value, str) else ""
+
+
+def _fold_str(value: object, depth: int = 0) -> str | None:
+    """The text a value certainly is at load time: a constant, or a pure string function of
+    constants (``_codecs.encode(s, "rot13")``, ``"".join([...])``, ``str(s)``); else None."""
+    if isinstance(value, str):
+        return value
+    if depth > 4 or not isinstance(value, Call) or not isinstance(value.func, Global):
+        return None
+    func, args = value.func.qualname, value.args
+    if not isinstance(args, tuple):
+        return None
+    if func in _ENCODE and len(args) == 2 and _codec_name(args[1]) in ("rot13", "rot_13"):
+        text = _fold_str(args[0], depth + 1)
+        return codecs.encode(text, "rot13") if text is not None else None
+    if func in _STR_JOIN and len(args) == 2 and isinstance(args[1], (SymList, tuple)):
+        sep = _fold_str(args[0], depth + 1)
+        items = [_fold_str(v, depth + 1) for v in args[1]]
+        if sep is not None and all(i is not None for i in items):
+            return sep.join(i for i in items if i is not None)
+    if func in ("builtins.str", "__builtin__.str") and len(args) == 1:
+        return _fold_str(args[0], depth + 1)
+    return None
+
+
+def _fold_bytes(value: object) -> bytes | None:
+    """The bytes a value certainly is: a constant, or ``_codecs.encode(text, "latin1")``, the
+    way protocols 0-2 write bytes."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, Call) and isinstance(value.func, Global) \
+            and value.func.qualname in _ENCODE and isinstance(value.args, tuple) \
+            and len(value.args) == 2 \
+            and _codec_name(value.args[1]) in ("latin1", "latin_1", "iso_8859_1", "iso8859_1"):
+        text = value.args[0]
+        if isinstance(text, str):
+            try:
+                return text.encode("latin1")
+            except UnicodeEncodeError:
+                return None
+    return None
+
+
+def _state_items(state: object) -> list[tuple[str, object]]:
+    """(attribute, value) pairs a BUILD state sets: a dict, or a (dict, slots-dict) pair.
+
+    Only the first _MAX_STATE_KEYS of each dict: one BUILD opcode can re-apply a state of any
+    size, and the BUILD on an import is reported whatever its keys are.
+    """
+    parts = state if isinstance(state, tuple) else (state,)
+    return [(k, v) for part in parts[:2] if isinstance(part, SymDict)
+            for k, v in part.pairs[:_MAX_STATE_KEYS] if isinstance(k, str)]
+
+
 def _nested_candidate(head: bytes) -> bool:
     """Bytes that loaders may unpickle or torch.load again: a pickle or a zip (torch storage)."""
     return (head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
+
+
+def _add_attrs(gu: GlobalUse, names: list[str]) -> None:
+    """Record attribute names set on a global: distinct ones, at most _MAX_BUILD_ATTRS."""
+    for name in names:
+        if len(gu.build_attrs) >= _MAX_BUILD_ATTRS:
+            return
+        if name not in gu.build_attrs:
+            gu.build_attrs.append(name)
 
 
 def _state_keys(state: object) -> list[str]:
@@ -789,5 +999,6 @@ def _state_keys(state: object) -> list[str]:
     parts = state if isinstance(state, tuple) else (state,)
     for part in parts[:2]:
         if isinstance(part, SymDict):
-            names.extend(k if isinstance(k, str) else describe(k) for k in part.keys())
+            names.extend(k if isinstance(k, str) else describe(k)
+                         for k, _ in part.pairs[:_MAX_BUILD_ATTRS])
     return names or [f"<state {describe(state)}>"]
