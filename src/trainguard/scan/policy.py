@@ -371,8 +371,9 @@ class Policy:
                 return Verdict("TG-PKL-001", Severity.CRITICAL, f"{raw} is in {p}")
         # A dotted name walks attributes, and modules keep the modules they import as attributes:
         # 'torch' + 'serialization.os.remove' is os.remove. Judge every module met on the way.
+        # The looked-up name itself counts too: 'torch.nn.functional' + 'os' hands out os.
         first_attr = len(parts) - chain - 1
-        for i in range(first_attr, len(parts) - 1):
+        for i in range(first_attr, len(parts)):
             for j in range(i + 1, len(parts) + 1):
                 inner = ".".join(parts[i:j])
                 if inner in DANGEROUS_MODULES or inner in DANGEROUS_NAMES:
