@@ -117,6 +117,17 @@ def test_allow_everything_is_refused(pattern: str) -> None:
         parse_config({"scan": {"allow": {"globals": ["mylab.models.Net", pattern]}}})
 
 
+@pytest.mark.parametrize("pattern", ["mylab.*", "mylab.**", "mylab.models.Net", "mylab.m*.Net"])
+def test_own_package_patterns_are_accepted(pattern: str) -> None:
+    assert parse_config({"scan": {"allow": {"globals": [pattern]}}}).scan.allow_globals == (pattern,)
+
+
+@pytest.mark.parametrize("pattern", ["mylab.", "mylab..Net", "*mylab.Net"])
+def test_malformed_patterns_are_refused(pattern: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_config({"scan": {"allow": {"globals": [pattern]}}})
+
+
 def test_load_explicit_file(tmp_path: Path) -> None:
     p = tmp_path / "custom.toml"
     p.write_text('[scan]\nfail_on = "low"\n')

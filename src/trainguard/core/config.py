@@ -44,6 +44,8 @@ class Limits:
     max_expanded_bytes: int = 16 * GiB
     #: opcodes interpreted in one pickle stream
     max_pickle_opcodes: int = 20_000_000
+    #: distinct globals one pickle stream may import (real checkpoints use well under 1,000)
+    max_pickle_globals: int = 10_000
     #: size of a metadata header read into memory (safetensors JSON, GGUF metadata, npy header,
     #: Keras config, ONNX/TF graph protobufs)
     max_header_bytes: int = 256 << 20
@@ -132,10 +134,13 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     if not isinstance(globs, list) or not all(isinstance(g, str) and g for g in globs):
         raise ConfigError("[scan.allow] globals must be a list of non-empty strings")
     for g in globs:
-        if "." not in g.strip("*.") and g not in ("*",):
-            raise ConfigError(f"[scan.allow] global {g!r} needs a module and a name (pkg.mod.Name)")
-        if g.strip() in ("*", "**", "*.*", "*.**"):
-            raise ConfigError(f"[scan.allow] global {g!r} would allow everything; refusing")
+        segments = g.strip().split(".")
+        if not segments[0].isidentifier():
+            raise ConfigError(f"[scan.allow] global {g!r} would allow everything; refusing",
+                              remedy="start the pattern with a package name: mylab.**")
+        if len(segments) < 2 or not all(segments):
+            raise ConfigError(f"[scan.allow] global {g!r} must name a module and a global",
+                              remedy="use pkg.mod.Name, pkg.mod.* or pkg.**")
     scan = replace(scan, allow_globals=tuple(globs))
     limits_raw = _expect(scan_raw.get("limits", {}), "[scan.limits]")
     names = {f.name for f in fields(Limits)}

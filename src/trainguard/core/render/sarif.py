@@ -72,7 +72,6 @@ def render_sarif(report: Report, fail_on: Severity) -> str:
             "driver": {
                 "name": report.tool,
                 "version": report.version,
-                "informationUri": "https://github.com/trainguard/trainguard",
                 "rules": [
                     {
                         "id": r.id,
