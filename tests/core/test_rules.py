@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -73,14 +71,25 @@ def test_every_rule_id_used_in_src_is_registered() -> None:
 
 def test_docs_rules_md_is_current() -> None:
     assert RULES_MD.read_text(encoding="utf-8") == render_markdown(), (
-        "docs/rules.md is stale: run python -m trainguard.core.rules > docs/rules.md"
+        "docs/rules.md is stale: run trainguard rules -f markdown > docs/rules.md"
     )
 
 
-def test_module_prints_the_markdown() -> None:
-    proc = subprocess.run([sys.executable, "-m", "trainguard.core.rules"], capture_output=True,
-                          text=True, timeout=60, check=True)
-    assert proc.stdout == render_markdown()
+def test_rules_command_prints_the_markdown(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainguard.cli.main import main
+
+    assert main(["rules", "--format", "markdown"]) == 0
+    assert capsys.readouterr().out == render_markdown()
+
+
+def test_rules_command_explains_one_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainguard.cli.main import main
+
+    assert main(["rules", "tg-sab-003"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("TG-SAB-003")
+    assert "remedy:" in out
+    assert main(["rules", "TG-NOPE-999"]) == 2
 
 
 def test_markdown_has_one_section_per_rule() -> None:

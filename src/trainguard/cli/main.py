@@ -25,9 +25,11 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from trainguard.cli.rules import rules_command
     from trainguard.cli.scan import scan_command
 
     cli.add_command(scan_command)
+    cli.add_command(rules_command)
 
 
 _register()
