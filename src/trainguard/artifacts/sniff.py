@@ -11,6 +11,10 @@ import struct
 import zlib
 
 HEAD_SIZE = 4096
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# HDF5 spec, "Disk Format: Level 0A": the superblock sits at 0 or, after a user block, at
+# 512, 1024, 2048... (powers of two); offsets within the sniffed head are checked.
+_HDF5_OFFSETS = (0, 512, 1024, 2048)
 
 
 class Format(str, enum.Enum):
@@ -106,7 +110,7 @@ def sniff(head: bytes, size: int) -> Format:
         return Format.NUMPY
     if head.startswith(b"GGUF"):
         return Format.GGUF
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+    if any(head[o:o + 8] == _HDF5_MAGIC for o in _HDF5_OFFSETS):
         return Format.HDF5
     if head.startswith(b"\x1f\x8b"):
         return Format.GZIP

@@ -319,7 +319,7 @@ _CANDIDATE_STR = re.compile(r'\{[\t\n\r ]*"')
 # Separate runs holding a trigger, per chunk: random tensor bytes have none; a Keras file has one
 # or two. More means a flood of fragments, ended before it costs more than ~10 ms per chunk.
 _MAX_RUNS_PER_CHUNK = 4096
-# Decoding work charged per object and per failed attempt (at least), against a quarter of
+# Decoding work charged per object and per failed attempt (at least), against 1/16 of
 # max_header_bytes: a failed attempt costs up to its error position, which json scans to count
 # lines, so fragments that fail late end in a limit finding instead of quadratic work.
 _OBJECT_COST = 256
@@ -410,7 +410,7 @@ def iter_json_objects(f: BinaryIO, max_bytes: int) -> Iterator[tuple[int, dict[s
     Reads in chunks; memory is one chunk plus the longest run decoded, bounded by ``max_bytes``,
     and the work spent on runs that are not JSON is bounded by ``max_bytes`` too.
     """
-    decoder = _Decoder(max(max_bytes // 4, 1 << 20))
+    decoder = _Decoder(max(max_bytes // 16, 1 << 20))
     runs = 0
     finders = [_Finder(t) for t in _TRIGGERS]
     buf = bytearray()
@@ -467,7 +467,7 @@ def analyze_hdf5(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
 
     An HDF5 file without a Keras config is data only: it is recognised, with no finding.
     """
-    if not head.startswith(HDF5_MAGIC):
+    if HDF5_MAGIC not in head:  # at 0 or after a user block (sniff checks the offsets)
         return False
     with blob.opener() as f:
         for offset, doc in iter_json_objects(f, ctx.limits.max_header_bytes):

@@ -61,7 +61,8 @@ class _Walker:
         self.domains: dict[str, tuple[set[str], int, int]] = {}
         #: (domain, name) of model-local functions: nodes calling them need no native library
         self.functions: set[tuple[str, str]] = set()
-        self.calls: list[tuple[str, str, int]] = []
+        #: (domain, op type) of nodes outside the standard domains -> (first offset, count)
+        self.calls: dict[tuple[str, str], tuple[int, int]] = {}
 
     # ModelProto: graph=7, training_info=20, functions=25
     def model(self) -> None:
@@ -74,13 +75,13 @@ class _Walker:
                 self.training_info(f, 1)
             elif f.number == 25:
                 self.function(f, 1)
-        for domain, op_type, offset in self.calls:
-            if domain in STANDARD_DOMAINS or (domain, op_type) in self.functions:
+        for (domain, op_type), (offset, n) in self.calls.items():
+            if (domain, op_type) in self.functions:
                 continue
             ops, first, count = self.domains.get(domain, (set(), offset, 0))
             if len(ops) < 8:
                 ops.add(op_type)
-            self.domains[domain] = (ops, first, count + 1)
+            self.domains[domain] = (ops, min(first, offset), count + n)
         for domain, (ops, first, count) in self.domains.items():
             self.ctx.add("TG-ONNX-002", self.blob,
                          f"{count} node(s) in custom domain {domain!r} "
@@ -127,7 +128,8 @@ class _Walker:
     # NodeProto: name=3, op_type=4, attribute=5, domain=7
     def node(self, msg: Field, depth: int, where: str) -> None:
         check_depth(depth, msg.offset)
-        op_type = domain = name = ""
+        op_type = domain = ""
+        name: Field | None = None  # decoded only for evidence, when the node has attributes
         for f in self.r.fields(msg.value, msg.end):
             if f.wire != LEN:
                 continue
@@ -136,10 +138,13 @@ class _Walker:
             elif f.number == 7:
                 domain = self.r.text(f, _MAX_NAME)
             elif f.number == 3:
-                name = self.r.text(f, _MAX_NAME)
+                name = f
             elif f.number == 5:
-                self.attribute(f, depth + 1, f"{where}/{name or op_type or 'node'}")
-        self.calls.append((domain, op_type, msg.offset))
+                label = self.r.text(name, _MAX_NAME) if name is not None else op_type or "node"
+                self.attribute(f, depth + 1, f"{where}/{label}")
+        if domain not in STANDARD_DOMAINS:
+            first, n = self.calls.get((domain, op_type), (msg.offset, 0))
+            self.calls[(domain, op_type)] = (first, n + 1)
 
     # AttributeProto: t=5, g=6, tensors=10, graphs=11, sparse_tensor=22, sparse_tensors=23
     def attribute(self, msg: Field, depth: int, where: str) -> None:
@@ -186,7 +191,8 @@ class _Walker:
                 self.ctx.add("TG-ONNX-001", self.blob,
                              f"tensor {name or '?'} ({where}): external data location "
                              f"{location[:200]!r}: {problem}",
-                             offset=offset, tensor=name, location=location[:_MAX_LOCATION])
+                             offset=offset, tensor=name,
+                             external_location=location[:_MAX_LOCATION])
 
 
 def scan_onnx(ctx: ScanContext, blob: Blob, reader: WireReader) -> None:

@@ -30,6 +30,9 @@ VARINT, I64, LEN, I32 = 0, 1, 2, 5
 MAX_DEPTH = 100
 
 _WINDOW = 1 << 20
+#: bytes charged per record parsed against max_header_bytes (16M records by default): the work
+#: is per record, whatever its size
+_RECORD_COST = 16
 
 
 class Field(NamedTuple):
@@ -52,14 +55,15 @@ class WireReader:
     """Parses protobuf records out of a seekable stream through a sliding window.
 
     Memory use is one window plus whatever the caller asks :meth:`read` for; time is linear in the
-    bytes of the messages the caller descends into. ``budget`` bounds those bytes (the structure
-    actually parsed), so a file of millions of tiny records ends in :class:`LimitExceeded`.
+    records of the messages the caller descends into. ``budget`` bounds the records parsed
+    (``_RECORD_COST`` each), so a file of millions of tiny records ends in
+    :class:`LimitExceeded`.
     """
 
     def __init__(self, f: BinaryIO, size: int, budget: int, window: int = _WINDOW) -> None:
         self._f = f
         self.size = size
-        self._window = window
+        self._window = max(window, 16)  # a varint (10 bytes) must fit in one window
         self._buf = b""
         self._base = 0
         self._budget = budget
@@ -114,40 +118,50 @@ class WireReader:
         pos = start
         while pos < end:
             tag_at = pos
-            key, pos = self.read_varint(pos, end)
+            # Fast path: tag and value/length are one byte each (most records of ONNX and
+            # TensorFlow graphs) and lie in the window; anything else takes read_varint.
+            i = pos - self._base
+            buf = self._buf
+            if i >= 0 and i + 2 < len(buf) and pos + 2 <= end and buf[i] < 0x80 \
+                    and buf[i + 1] < 0x80:
+                key, second = buf[i], buf[i + 1]
+                pos += 2
+            else:
+                key, pos = self.read_varint(pos, end)
+                second = -1
             number, wire = key >> 3, key & 7
             if number == 0 or number >= 1 << 29:
                 raise MalformedInput(f"invalid field number {number}", tag_at)
-            if wire == VARINT:
-                value, pos = self.read_varint(pos, end)
-                self._charge(pos - tag_at)
-                yield Field(number, wire, value, 0, tag_at)
-            elif wire == LEN:
-                length, pos = self.read_varint(pos, end)
-                if length > end - pos:
+            self._parsed += _RECORD_COST
+            if self._parsed > self._budget:
+                raise LimitExceeded("max_header_bytes", self._budget, "protobuf structure parsed")
+            if wire in (VARINT, LEN):
+                if second < 0:
+                    value, pos = self.read_varint(pos, end)
+                else:
+                    value = second
+                if wire == VARINT:
+                    yield Field(number, wire, value, 0, tag_at)
+                    continue
+                if value > end - pos:
                     raise MalformedInput(
-                        f"field {number}: length {length} exceeds the {end - pos} bytes left in "
+                        f"field {number}: length {value} exceeds the {end - pos} bytes left in "
                         "its message", tag_at)
-                self._charge(pos - tag_at)
-                yield Field(number, wire, pos, length, tag_at)
-                pos += length
+                yield Field(number, wire, pos, value, tag_at)
+                pos += value
             elif wire in (I64, I32):
+                if second >= 0:
+                    pos -= 1  # the byte after the tag is the value's first byte
                 n = 8 if wire == I64 else 4
                 if n > end - pos:
                     raise MalformedInput(f"field {number}: truncated fixed-width value", tag_at)
                 value = int.from_bytes(self.read(pos, n), "little")
                 pos += n
-                self._charge(pos - tag_at)
                 yield Field(number, wire, value, 0, tag_at)
             else:
                 raise MalformedInput(
                     f"field {number}: wire type {wire} (groups and reserved types are not used by "
                     "ONNX or TensorFlow)", tag_at)
-
-    def _charge(self, n: int) -> None:
-        self._parsed += n
-        if self._parsed > self._budget:
-            raise LimitExceeded("max_header_bytes", self._budget, "protobuf structure parsed")
 
     def text(self, field: Field, cap: int = 4096) -> str:
         """A string field, decoded leniently and cut at ``cap`` bytes (for evidence and names)."""
@@ -258,7 +272,8 @@ def classify(reader: WireReader, top: TopLevel) -> str | None:
         return "savedmodel"
     if 1 in seen and _only(seen, _GRAPH_DEF) and _parses_as(reader, first[1], _NODE_DEF, {2}):
         return "graphdef"
-    if _only(seen, _KERAS_META) and _parses_as(reader, first[1], _SAVED_OBJECT, {5}):
+    if 1 in seen and _only(seen, _KERAS_META) and _parses_as(reader, first[1], _SAVED_OBJECT,
+                                                              {5}):
         return "keras-metadata"
     return None
 
