@@ -22,6 +22,7 @@ from trainguard.core.report import FileStatus, Report
 from trainguard.scan.engine import scan_paths
 from trainguard.scan.policy import Policy
 
+
 def _marks(group: str) -> list[pytest.MarkDecorator]:
     return [pytest.mark.torch] if group in TORCH_GROUPS else []
 

@@ -19,7 +19,7 @@ _CHUNK = 1 << 20
 class Reader:
     """Exact reads over a binary file object, seekable or not, with a known size when seekable."""
 
-    __slots__ = ("_f", "_read", "_size", "_pos_base", "_seekable")
+    __slots__ = ("_f", "_pos", "_read", "_seekable", "_size")
 
     def __init__(self, f: BinaryIO, size: int | None = None) -> None:
         self._f = f
@@ -29,6 +29,14 @@ class Reader:
             self._seekable = f.seekable()
         except (AttributeError, OSError, ValueError):
             self._seekable = False
+        # Offsets in findings come from here: a stream that cannot tell() (a pipe, a decompressor
+        # without a position) is counted instead of raising io.UnsupportedOperation mid-scan.
+        self._pos = 0
+        if not self._seekable:
+            try:
+                self._pos = f.tell()
+            except (AttributeError, OSError, ValueError):
+                self._pos = 0
         if size is None and self._seekable:
             here = f.tell()
             size = f.seek(0, os.SEEK_END)
@@ -44,20 +52,20 @@ class Reader:
         return self._size
 
     def tell(self) -> int:
-        return self._f.tell()
+        return self._f.tell() if self._seekable else self._pos
 
     def remaining(self) -> int | None:
         if self._size is None:
             return None
-        return self._size - self._f.tell()
+        return self._size - self.tell()
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or MalformedInput if the stream is shorter."""
         if n < 0:
             raise MalformedInput(f"negative length {n}", self.tell())
-        if self._size is not None and n > self._size - self._f.tell():
+        if self._size is not None and n > self._size - self.tell():
             raise MalformedInput(
-                f"truncated: {n} bytes declared, {self._size - self._f.tell()} left", self.tell()
+                f"truncated: {n} bytes declared, {self._size - self.tell()} left", self.tell()
             )
         if n <= _CHUNK:
             data = self._read(n)
@@ -70,6 +78,8 @@ class Reader:
                 parts.append(part)
                 left -= len(part)
             data = b"".join(parts)
+        if not self._seekable:
+            self._pos += len(data)
         if len(data) != n:
             raise MalformedInput(f"truncated: {n} bytes declared, {len(data)} read", self.tell())
         return data
@@ -91,12 +101,16 @@ class Reader:
         if self._seekable and self._size is not None:
             here = self._f.tell()
             if n > self._size - here:
-                raise MalformedInput(f"truncated: {n} bytes declared, {self._size - here} left", here)
+                raise MalformedInput(
+                    f"truncated: {n} bytes declared, {self._size - here} left", here
+                )
             self._f.seek(here + n)
             return
         left = n
         while left:
             part = self._read(min(left, _CHUNK))
+            if not self._seekable:
+                self._pos += len(part)
             if not part:
                 raise MalformedInput(f"truncated: {n} bytes declared, {n - left} read", self.tell())
             left -= len(part)
@@ -104,6 +118,8 @@ class Reader:
     def readline(self, limit: int) -> bytes:
         """One line including its ``\\n``; MalformedInput if no newline within ``limit`` bytes."""
         line = self._f.readline(limit + 1)
+        if not self._seekable:
+            self._pos += len(line)
         if not line.endswith(b"\n"):
             if len(line) > limit:
                 raise MalformedInput(f"line longer than {limit} bytes", self.tell())

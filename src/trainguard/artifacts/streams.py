@@ -129,9 +129,10 @@ class _ZlibReader(io.RawIOBase):
 class _CountingReader(io.RawIOBase):
     """Charges a budget for everything read through a stdlib decompressing file object."""
 
-    def __init__(self, inner: BinaryIO, budget: Budget, what: str) -> None:
+    def __init__(self, inner: io.BufferedIOBase | BinaryIO, budget: Budget, what: str) -> None:
         super().__init__()
         self._inner = inner
+        self._read1 = getattr(inner, "read1", inner.read)
         self._budget = budget
         self._what = what
         self._pos = 0
@@ -144,8 +145,12 @@ class _CountingReader(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         try:
-            data = self._inner.read(len(b))
-        except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as exc:
+            # read1: one step of the decompressor, so bytes decoded before a failure (a cut
+            # trailer) reach the caller instead of vanishing with a buffered read's exception
+            data = self._read1(len(b))
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError, RuntimeError) as exc:
+            # gzip raises BadGzipFile (OSError) and EOFError, bz2 OSError, lzma LZMAError, lz4
+            # RuntimeError ("LZ4F_decompress failed"): all of them mean corrupt input.
             raise MalformedInput(f"corrupt {self._what} stream: {exc}", self._pos) from None
         self._budget.charge(len(data))
         b[: len(data)] = data
@@ -160,7 +165,8 @@ def buffered(raw: io.RawIOBase) -> io.BufferedReader:
 def open_compressed(src: BinaryIO, codec: str, budget: Budget) -> io.BufferedReader:
     """A bounded, buffered reader of the decompressed content of ``src``.
 
-    codec: ``deflate`` (raw, zip members), ``zlib``, ``gzip``, ``bz2``, ``xz`` (also .lzma), ``lz4``.
+    codec: ``deflate`` (raw, zip members), ``zlib``, ``gzip``, ``bz2``, ``xz`` (also .lzma),
+    ``lz4``.
     """
     if codec == "deflate":
         return buffered(_ZlibReader(src, zlib.decompressobj(-15), budget, codec))

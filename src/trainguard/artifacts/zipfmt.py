@@ -57,6 +57,8 @@ class ZipArchive:
     anomalies: list[tuple[str, str]] = field(default_factory=list)
     #: bytes before the first local header (self-extracting stubs, polyglots)
     prefix: int = 0
+    #: some members share bytes (an overlapping-file zip bomb, or a crafted archive)
+    overlapping: bool = False
 
 
 def _u16(b: bytes, o: int) -> int:
@@ -93,8 +95,13 @@ def find_eocd(f: BinaryIO, size: int) -> tuple[int, bytes] | None:
     return None
 
 
-def read_zip(f: BinaryIO, size: int, max_members: int) -> ZipArchive:
-    """Parse the central directory of a zip file (seekable ``f`` of ``size`` bytes)."""
+def read_zip(f: BinaryIO, size: int, max_members: int,
+             max_directory_bytes: int = 256 << 20) -> ZipArchive:
+    """Parse the central directory of a zip file (seekable ``f`` of ``size`` bytes).
+
+    The directory is read into memory, so its declared size is bounded by
+    ``max_directory_bytes`` ([scan.limits] max_header_bytes) as well as by the file size.
+    """
     found = find_eocd(f, size)
     if found is None:
         raise MalformedInput("zip end-of-central-directory record not found")
@@ -131,6 +138,9 @@ def read_zip(f: BinaryIO, size: int, max_members: int) -> ZipArchive:
         raise MalformedInput("zip central directory out of bounds")
     if count > max_members:
         raise LimitExceeded("max_members", max_members, f"zip declares {count} members")
+    if cd_size > max_directory_bytes:
+        raise LimitExceeded("max_header_bytes", max_directory_bytes,
+                            f"zip central directory of {cd_size} bytes")
     f.seek(cd_off + prefix)
     cd = f.read(cd_size)
     if len(cd) != cd_size:
@@ -153,7 +163,8 @@ def read_zip(f: BinaryIO, size: int, max_members: int) -> ZipArchive:
                                 local + prefix))
         pos += 46 + nlen + xlen + clen
     if len(entries) != count:
-        anomalies.append(("", f"central directory holds {len(entries)} entries, end record says {count}"))
+        anomalies.append(("", f"central directory holds {len(entries)} entries, end record "
+                              f"says {count}"))
     arch = ZipArchive(entries, anomalies, prefix)
     _read_local_headers(f, size, arch)
     return arch
@@ -205,14 +216,23 @@ def _read_local_headers(f: BinaryIO, size: int, arch: ZipArchive) -> None:
                 (e.name, f"local header names {local_name!r}, central directory {e.name!r}")
             )
         if e.local_method != e.method:
-            arch.anomalies.append((e.name, f"compression method {e.local_method} locally, {e.method} centrally"))
+            arch.anomalies.append((e.name, f"compression method {e.local_method} locally, "
+                                           f"{e.method} centrally"))
         if e.data_offset + e.csize > size:
             arch.anomalies.append((e.name, "member data runs past the end of the file"))
+        if e.method == STORED and e.csize != e.usize:
+            arch.anomalies.append((e.name, f"stored member of {e.csize} bytes claims {e.usize} "
+                                           "uncompressed"))
         spans.append((e.local_offset, e.data_offset + e.csize, e.name))
     spans.sort()
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
-        if b0 < a1:
-            arch.anomalies.append((bn, f"member data overlaps {an!r} (overlapping-file zip bomb)"))
+    reach, owner = -1, ""
+    for start, end, name in spans:
+        if start < reach:  # starts inside an earlier member, not only the one just before
+            arch.overlapping = True
+            arch.anomalies.append((name, f"member data overlaps {owner!r} "
+                                         "(overlapping-file zip bomb)"))
+        if end > reach:
+            reach, owner = end, name
 
 
 def open_member(f: BinaryIO, e: ZipEntry, budget: Budget) -> BinaryIO:

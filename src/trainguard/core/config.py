@@ -42,8 +42,9 @@ class Limits:
     max_members: int = 100_000
     #: bytes produced by decompression, per top-level file
     max_expanded_bytes: int = 16 * GiB
-    #: opcodes interpreted in one pickle stream
-    max_pickle_opcodes: int = 20_000_000
+    #: opcodes interpreted in one pickle stream; state costs up to ~100 bytes per opcode, so the
+    #: default bounds a hostile stream near 1 GB (real checkpoints use well under 1M opcodes)
+    max_pickle_opcodes: int = 10_000_000
     #: distinct globals one pickle stream may import (real checkpoints use well under 1,000)
     max_pickle_globals: int = 10_000
     #: size of a metadata header read into memory (safetensors JSON, GGUF metadata, npy header,

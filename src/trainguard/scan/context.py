@@ -17,6 +17,8 @@ from trainguard.scan.policy import Policy
 
 # Members kept in memory when a random-access copy is needed; larger ones go to a temp file.
 _SPOOL_IN_MEMORY = 64 << 20
+#: findings kept per top-level file; the rest are counted in one TG-LIM-001 finding
+MAX_FINDINGS_PER_FILE = 10_000
 
 
 @dataclass
@@ -59,6 +61,8 @@ class ScanContext:
         self.formats: list[str] = []
         self.budget = Budget(config.limits.max_expanded_bytes)
         self._temps: list[BinaryIO] = []
+        self._dropped = 0
+        self._dropped_severity: Severity | None = None
 
     # --------------------------------------------------------------- findings
     def location(self, blob: Blob, offset: int | None = None) -> Location:
@@ -66,10 +70,26 @@ class ScanContext:
 
     def add(self, rule_id: str, blob: Blob, evidence: str, *, offset: int | None = None,
             severity: Severity | None = None, count: int = 1, **details: object) -> None:
-        self.findings.append(
-            rule(rule_id).finding(self.location(blob, offset), evidence, severity=severity,
-                                  count=count, **details)
-        )
+        finding = rule(rule_id).finding(self.location(blob, offset), evidence, severity=severity,
+                                        count=count, **details)
+        if len(self.findings) >= MAX_FINDINGS_PER_FILE:
+            # an archive of 100,000 malicious members is one bounded report, not 100,000
+            # findings in memory and in the output; the summary keeps the worst severity
+            self._dropped += 1
+            if self._dropped_severity is None or finding.severity > self._dropped_severity:
+                self._dropped_severity = finding.severity
+            return
+        self.findings.append(finding)
+
+    def finish(self) -> list[Finding]:
+        """The file's findings, plus one TG-LIM-001 counting those over the per-file cap."""
+        if self._dropped:
+            self.findings.append(rule("TG-LIM-001").finding(
+                Location(self.path), f"{self._dropped} more finding(s) in this file not listed "
+                f"(at most {MAX_FINDINGS_PER_FILE} per file)", severity=self._dropped_severity,
+                count=self._dropped))
+            self._dropped = 0
+        return self.findings
 
     def saw(self, fmt: str) -> None:
         if fmt not in self.formats:
@@ -104,6 +124,14 @@ class ScanContext:
             self.add("TG-LIM-001", blob, "structure nested too deeply to analyze")
         except MemoryError:
             self.add("TG-LIM-001", blob, "not enough memory to analyze")
+        except OSError as exc:
+            # the file changed, vanished or failed to read (EIO) mid-scan: not inspected
+            self.add("TG-FMT-001", blob, f"read error: {exc.strerror or exc}")
+        except Exception as exc:
+            # Fail closed: an analyzer bug on hostile bytes must cost a finding, not the run
+            # (and not the other files of the run). Tests look for this text to find such bugs.
+            self.add("TG-FMT-001", blob,
+                     f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
         return Format.UNKNOWN
 
     # --------------------------------------------------------------- helpers
@@ -112,19 +140,30 @@ class ScanContext:
         if blob.seekable:
             return blob
         import shutil
+
+        tmp = self.spool()
+        with blob.opener() as src:
+            shutil.copyfileobj(src, tmp, 1 << 20)
+        return self.spooled_blob(tmp, blob.path, blob.member, blob.speculative)
+
+    def spool(self) -> BinaryIO:
+        """A temporary file, in memory while small, closed with this context."""
         import tempfile
 
         tmp = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
         self._temps.append(tmp)  # type: ignore[arg-type]
-        with blob.opener() as src:
-            shutil.copyfileobj(src, tmp, 1 << 20)
-        size = tmp.tell()
+        return tmp  # type: ignore[return-value]
+
+    def spooled_blob(self, tmp: BinaryIO, path: str, member: str | None,
+                     speculative: bool = False) -> Blob:
+        """A seekable blob over everything written to ``tmp`` (from :meth:`spool`)."""
+        size = tmp.seek(0, io.SEEK_END)
 
         def opener() -> BinaryIO:
             tmp.seek(0)
-            return _NoClose(tmp)  # type: ignore[arg-type]
+            return _NoClose(tmp)  # type: ignore[return-value]
 
-        return Blob(blob.path, blob.member, size, opener, True, blob.speculative)
+        return Blob(path, member, size, opener, True, speculative)
 
     def close(self) -> None:
         for t in self._temps:

@@ -225,6 +225,7 @@ def scan_file(
 
         blob = Blob(display, None, size, opener)
         ctx.scan(blob, 0, head)
+        ctx.finish()
     except OSError as exc:
         return error(str(exc.strerror or exc))
     finally:
@@ -281,12 +282,23 @@ def scan_paths(
     if jobs > 1 and len(work) > 1:
         # Imported here: the process pool costs ~25 ms of start-up, and start-up is per-file time.
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            args = [(j.path, j.display, config) for j in work]
-            chunks = max(1, len(args) // (jobs * 8))
-            for fr, findings, error in pool.map(_scan_job, args, chunksize=chunks):
-                collect(fr, findings, error)
+        finished = 0
+        try:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                args = [(j.path, j.display, config) for j in work]
+                chunks = max(1, len(args) // (jobs * 8))
+                for fr, findings, error in pool.map(_scan_job, args, chunksize=chunks):
+                    collect(fr, findings, error)
+                    finished += 1
+        except BrokenProcessPool:
+            # a worker was killed (out of memory, a signal): the files it had not reported are
+            # errors of this run, never silently clean
+            for j in work[finished:]:
+                reason = "scan worker process died before reporting this file"
+                collect(FileResult(j.display, FileStatus.ERROR, note=reason), [],
+                        f"{j.display}: {reason}")
     else:
         for j in work:
             collect(*scan_file(j.path, j.display, config))

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from trainguard.core.findings import Severity
 from trainguard.core.report import FileStatus, Report
+
+# C0/C1 controls and DEL: a file named "x\n FAIL ..." or carrying terminal escapes must not
+# forge report lines or drive the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clean(text: object) -> str:
+    """Printable, UTF-8-encodable text: controls escaped, undecodable name bytes (surrogate
+    escapes from os.fsdecode) shown as \\udcXX instead of failing the write."""
+    s = str(text)
+    s = _CONTROL.sub(lambda m: repr(m.group())[1:-1], s)
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def render_text(report: Report, fail_on: Severity) -> str:
@@ -11,11 +25,11 @@ def render_text(report: Report, fail_on: Severity) -> str:
     for f in report.sorted_findings():
         mark = "FAIL" if f.severity >= fail_on else "    "
         count = f" (x{f.count})" if f.count > 1 else ""
-        lines.append(f"{mark} {f.severity.label.upper():8} {f.rule_id}  {f.location}")
-        lines.append(f"     {f.title}: {f.evidence}{count}")
+        lines.append(f"{mark} {f.severity.label.upper():8} {f.rule_id}  {_clean(f.location)}")
+        lines.append(f"     {f.title}: {_clean(f.evidence)}{count}")
         lines.append(f"     fix: {f.remedy}")
     for e in report.errors:
-        lines.append(f"ERROR    {e}")
+        lines.append(f"ERROR    {_clean(e)}")
     s = report.summary()
     scanned = s["by_status"][FileStatus.SCANNED.value]
     skipped = s["by_status"][FileStatus.SKIPPED.value]

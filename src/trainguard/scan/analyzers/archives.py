@@ -318,38 +318,77 @@ def analyze_7z(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
         try:
             with py7zr.SevenZipFile(f, mode="r") as z:
                 if z.needs_password():
-                    raise MissingCodec("encrypted 7z archive", "none: encrypted archives cannot be scanned")
+                    raise MissingCodec("encrypted 7z archive",
+                                       "none: encrypted archives cannot be scanned")
                 infos = [i for i in z.list() if not i.is_directory]
                 if len(infos) > ctx.limits.max_members:
                     raise LimitExceeded("max_members", ctx.limits.max_members, "7z archive")
                 declared = sum(int(i.uncompressed or 0) for i in infos)
-                ctx.budget.charge(declared)
-                data = _read_7z(z, max((int(i.uncompressed or 0) for i in infos), default=0))
-        except (py7zr.exceptions.Bad7zFile, py7zr.exceptions.ArchiveError, EOFError,
-                KeyError, ValueError, OSError) as exc:
-            raise MalformedInput(f"7z: {exc}") from None
+                if declared > ctx.budget.limit - ctx.budget.used:
+                    raise LimitExceeded("max_expanded_bytes", ctx.budget.limit,
+                                        f"7z archive declares {declared} bytes")
+                members = _read_7z(ctx, blob, z)
+        except (LimitExceeded, MalformedInput, MissingCodec):
+            raise
+        except Exception as exc:
+            # py7zr parses hostile bytes with struct, lzma, zlib, bz2 and its own checks, and
+            # lets their exceptions through (LZMAError, struct.error, IndexError, ...)
+            raise MalformedInput(f"7z: {type(exc).__name__}: {exc}") from None
     ctx.saw("7z")
-    for name, payload in sorted(data.items()):
+    for name, member in sorted(members.items()):
         trick = _name_tricks(name)
         if trick:
             ctx.add("TG-ZIP-002", blob, f"{name!r}: {trick}")
-        ctx.scan(Blob.from_bytes(blob.path, _join(blob, name), payload), depth + 1)
+        ctx.scan(member, depth + 1)
     return True
 
 
-def _read_7z(z: object, largest: int) -> dict[str, bytes]:
-    """Every member of an open py7zr archive, in memory (py7zr < 1.0 ``readall``, 1.x factory)."""
-    readall = getattr(z, "readall", None)
-    if readall is not None:
-        return {name: bio.read() for name, bio in (readall() or {}).items()}
-    from py7zr.io import BytesIOFactory
+def _read_7z(ctx: ScanContext, blob: Blob, z: Any) -> dict[str, Blob]:
+    """Every member of an open py7zr archive as a blob (py7zr < 1.0 ``readall``, 1.x factory).
 
-    # BytesIOFactory stops writing at its limit: one byte over the largest declared member
-    # shows a member that decompressed to more than it declared.
-    factory = BytesIOFactory(largest + 1)
-    z.extractall(factory=factory)  # type: ignore[attr-defined]
-    out = {}
-    for name, product in factory.products.items():
-        product.seek(0)
-        out[name] = product.read()
-    return out
+    py7zr 1.x writes members through a factory: each write is charged to the decompression
+    budget and lands in a spooled temp file, so a member that inflates past what it declared
+    ends in LimitExceeded, not in memory exhaustion.
+    """
+    readall = getattr(z, "readall", None)
+    if readall is not None:  # bounded by the declared-size check of the caller
+        return {name: Blob.from_bytes(blob.path, _join(blob, name), bio.read())
+                for name, bio in (readall() or {}).items()}
+    from py7zr.io import Py7zIO, WriterFactory
+
+    budget = ctx.budget
+
+    class Spooled(Py7zIO):
+        def __init__(self) -> None:
+            self.f = ctx.spool()
+            self.n = 0
+
+        def write(self, s: bytes | bytearray) -> int:
+            budget.charge(len(s))
+            self.n += len(s)
+            return self.f.write(s)
+
+        def read(self, size: int | None = None) -> bytes:
+            return self.f.read(-1 if size is None else size)
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            return self.f.seek(offset, whence)
+
+        def flush(self) -> None:
+            self.f.flush()
+
+        def size(self) -> int:
+            return self.n
+
+    class Factory(WriterFactory):
+        def __init__(self) -> None:
+            self.products: dict[str, Spooled] = {}
+
+        def create(self, filename: str) -> Py7zIO:
+            product = self.products[filename] = Spooled()
+            return product
+
+    factory = Factory()
+    z.extractall(factory=factory)  # noqa: S202 - into the factory above, never to disk paths
+    return {name: ctx.spooled_blob(p.f, blob.path, _join(blob, name))
+            for name, p in factory.products.items()}

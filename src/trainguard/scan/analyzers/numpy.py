@@ -9,6 +9,8 @@ header: they are scanned as pickles, and the file is flagged because loading nee
 from __future__ import annotations
 
 import ast
+import math
+import re
 import struct
 from typing import BinaryIO
 
@@ -18,6 +20,8 @@ from trainguard.scan.context import Blob, ScanContext
 
 # numpy 2 refuses headers over 10,000 bytes by default (max_header_size); allow some slack.
 _MAX_HEADER = 1 << 20
+# A simple dtype string as numpy writes it (dtype.str): byte order, kind, item size, unit.
+_DESCR = re.compile(r"^[<>|=]?([a-zA-Z?])(\d+)(\[\w+\])?$")
 
 
 def parse_npy_header(data: bytes) -> tuple[dict[str, object], int]:
@@ -78,14 +82,39 @@ def analyze_npy(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
     if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise MalformedInput(f".npy shape {shape!r} invalid")
     if _has_object(header["descr"]):
-        ctx.add("TG-NPY-001", blob, f"dtype {header['descr']!r} needs allow_pickle=True",
+        ctx.add("TG-NPY-001", blob, f"dtype {_short(header['descr'])} needs allow_pickle=True",
                 offset=data_offset)
 
         inner = _window(blob, data_offset)
         with inner.opener() as f:
             inner_head = f.read(16)
         analyze_pickle(ctx, inner, depth + 1, inner_head)
+        return True
+    itemsize = _itemsize(header["descr"])
+    if itemsize is not None and blob.size is not None:
+        # numpy.load reads prod(shape) items and fails on a short file: a truncated array
+        need = math.prod(shape) * itemsize
+        have = blob.size - data_offset
+        if have < need:
+            ctx.add("TG-FMT-001", blob, f"array data truncated: {have} bytes, the header needs "
+                    f"{need}", offset=data_offset)
     return True
+
+
+def _itemsize(descr: object) -> int | None:
+    """Bytes per item of a simple dtype string ('<f8', '<U10', '|S3'); None when not simple."""
+    if not isinstance(descr, str):
+        return None
+    m = _DESCR.match(descr)
+    if m is None:
+        return None
+    size = int(m.group(2))
+    return size * 4 if m.group(1) == "U" else size
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _window(blob: Blob, offset: int) -> Blob:

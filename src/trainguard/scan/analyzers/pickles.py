@@ -50,11 +50,12 @@ def run_streams(
     with blob.opener() as f:
         reader = Reader(f, blob.size if blob.seekable else None)
         speculative = False
+        machine = PickleMachine(reader, max_opcodes=ctx.limits.max_pickle_opcodes,
+                                build_hooks=JOBLIB_HOOKS,
+                                max_globals=ctx.limits.max_pickle_globals)
         while True:
             start = reader.tell()
-            machine = PickleMachine(reader, max_opcodes=ctx.limits.max_pickle_opcodes,
-                                    build_hooks=JOBLIB_HOOKS,
-                                    max_globals=ctx.limits.max_pickle_globals)
+            machine.reset()
             res = machine.run()
             if speculative and not ((res.completed and res.opcodes >= 2)
                                     or _plausible_payload(res)):
@@ -137,7 +138,7 @@ def report_streams(ctx: ScanContext, blob: Blob, depth: int, streams: list[Strea
             ranked = sorted(flagged, key=lambda gv: -gv[1].severity)
             rest = ranked[_MAX_LISTED:]
             ctx.add("TG-LIM-001", blob, f"{len(rest)} more suspicious global(s) in this stream "
-                    f"not listed (first: {rest[0][0].module}.{rest[0][0].name})",
+                    f"not listed (first: {_clip(rest[0][0].module + '.' + rest[0][0].name)})",
                     offset=rest[0][0].first_offset, severity=rest[0][1].severity,
                     count=len(rest))
             keep = {id(gu) for gu, _ in ranked[:_MAX_LISTED]}
@@ -150,9 +151,9 @@ def report_streams(ctx: ScanContext, blob: Blob, depth: int, streams: list[Strea
                 evidence += f"; sets {', '.join(dict.fromkeys(gu.build_attrs))}"
             if gu.call_args:
                 evidence += f"; args {gu.call_args[0]}"
-            ctx.add(verdict.rule_id, blob, evidence, offset=gu.first_offset,
-                    severity=verdict.severity, count=gu.count, global_name=f"{gu.module}.{gu.name}",
-                    uses=sorted(gu.uses))
+            ctx.add(verdict.rule_id, blob, _clip(evidence, 1000), offset=gu.first_offset,
+                    severity=verdict.severity, count=gu.count,
+                    global_name=_clip(f"{gu.module}.{gu.name}"), uses=sorted(gu.uses))
         dyn: dict[str, list[int]] = {}
         for dc in res.dynamic_calls:
             dyn.setdefault(f"{dc.kind} of {dc.target}", []).append(dc.offset)
@@ -186,6 +187,11 @@ def report_streams(ctx: ScanContext, blob: Blob, depth: int, streams: list[Strea
         for off, data in res.nested[:_MAX_NESTED]:
             child = blob.child(f"<bytes@{off}>", len(data), _bytes_opener(data), speculative=True)
             ctx.scan(child, depth + 1)
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """Names in evidence are the stream's own bytes: a GLOBAL line may be 64 MiB long."""
+    return text if len(text) <= limit else f"{text[:limit - 30]}... ({len(text)} characters)"
 
 
 def _bytes_opener(data: bytes):  # type: ignore[no-untyped-def]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import struct
 
 from trainguard.artifacts.reader import Reader
-from trainguard.core.errors import MalformedInput
+from trainguard.core.errors import LimitExceeded, MalformedInput
 from trainguard.scan.context import Blob, ScanContext
-from trainguard.scan.pickle.machine import Global, PickleMachine, StreamResult
+from trainguard.scan.pickle.machine import Global, PickleMachine, StreamResult, describe
 
 # Element sizes of the legacy typed storages (torch._utils._element_size of their dtype).
 _ELEMENT_SIZE = {
@@ -40,9 +40,15 @@ def scan_legacy_tar_member(ctx: ScanContext, blob: Blob, name: str, depth: int) 
     with blob.opener() as f:
         reader = Reader(f, blob.size)
 
+        machine = PickleMachine(reader, max_opcodes=ctx.limits.max_pickle_opcodes)
+
         def one() -> object:
-            res = PickleMachine(reader, max_opcodes=ctx.limits.max_pickle_opcodes).run()
-            streams.append(res)
+            machine.reset()
+            res = machine.run()
+            # keep only records with something to report: a member of a million plain records
+            # must not hold a million results
+            if not res.completed or res.globals or res.dynamic_calls or res.unusual or res.nested:
+                streams.append(res)
             if not res.completed:
                 raise _Broken
             return res.value
@@ -50,7 +56,11 @@ def scan_legacy_tar_member(ctx: ScanContext, blob: Blob, name: str, depth: int) 
         try:
             count = one()
             if not isinstance(count, int) or count < 0:
-                raise MalformedInput(f"legacy torch {name}: count is {count!r}", reader.tell())
+                raise MalformedInput(f"legacy torch {name}: count is {describe(count)}",
+                                     reader.tell())
+            if count > ctx.limits.max_members:
+                raise LimitExceeded("max_members", ctx.limits.max_members,
+                                    f"legacy torch {name} declares {count} records")
             for _ in range(count):
                 record = one()
                 if name == "storages":
@@ -69,13 +79,15 @@ def scan_legacy_tar_member(ctx: ScanContext, blob: Blob, name: str, depth: int) 
             pass
         except MalformedInput as exc:
             ctx.add("TG-FMT-001", blob, exc.message, offset=exc.offset)
+        except LimitExceeded as exc:  # here, so the tar's other members are still scanned
+            ctx.add("TG-LIM-001", blob, exc.message)
     ctx.saw("pickle")
     report_streams(ctx, blob, depth, streams, ctx.policy)
 
 
 def _skip_storage(reader: Reader, record: object) -> None:
     if not isinstance(record, tuple) or len(record) != 3 or not isinstance(record[2], Global):
-        raise MalformedInput(f"legacy torch storage record is {record!r}", reader.tell())
+        raise MalformedInput(f"legacy torch storage record is {describe(record)}", reader.tell())
     size = _ELEMENT_SIZE.get(record[2].name)
     if size is None:
         raise MalformedInput(f"legacy torch storage type {record[2].qualname} unknown", reader.tell())

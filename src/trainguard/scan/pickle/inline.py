@@ -17,8 +17,17 @@ import math
 import re
 
 from trainguard.core.errors import MalformedInput
-from trainguard.scan.pickle.machine import BuildHook, Call, Global, PickleMachine, SymDict
+from trainguard.scan.pickle.machine import (
+    BuildHook,
+    Call,
+    Global,
+    PickleMachine,
+    SymDict,
+    describe,
+)
 
+_MAX_STATE_KEYS = 64
+_MAX_NDIM = 64
 _TYPESTR = re.compile(r"^[<>|=]?([a-zA-Z])(\d*)")
 _FIXED_SIZES = {"b": 1, "B": 1, "?": 1, "h": 2, "H": 2, "e": 2, "f": 4, "d": 8, "g": 16,
                 "F": 8, "D": 16, "G": 32, "l": 8, "L": 8, "q": 8, "Q": 8, "i": 4, "I": 4}
@@ -27,7 +36,7 @@ _FIXED_SIZES = {"b": 1, "B": 1, "?": 1, "h": 2, "H": 2, "e": 2, "f": 4, "d": 8, 
 def _dtype_info(dtype: object) -> tuple[bool, int]:
     """(has_object, itemsize) of a symbolic ``numpy.dtype(...)`` value."""
     if not isinstance(dtype, Call) or not isinstance(dtype.func, Global):
-        raise MalformedInput(f"joblib array dtype is not a numpy.dtype: {dtype!r}")
+        raise MalformedInput(f"joblib array dtype is not a numpy.dtype: {describe(dtype)}")
     if not dtype.func.qualname.endswith("dtype"):
         raise MalformedInput(f"joblib array dtype built by {dtype.func.qualname}")
     args = dtype.args if isinstance(dtype.args, tuple) else ()
@@ -60,10 +69,16 @@ def _joblib_array(machine: PickleMachine, wrapper: Call) -> None:
     state = wrapper.state
     if not isinstance(state, SymDict):
         raise MalformedInput("joblib NumpyArrayWrapper state is not a dict")
+    # joblib writes about seven keys and numpy allows 64 dimensions; anything larger is hostile,
+    # and one 3-byte BUILD would otherwise re-walk it every time
+    if len(state.pairs) > _MAX_STATE_KEYS:
+        raise MalformedInput(f"joblib array state has {len(state.pairs)} entries")
     shape = state.get("shape")
     dtype = state.get("dtype")
-    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise MalformedInput(f"joblib array shape invalid: {shape!r}")
+    if not isinstance(shape, tuple) or len(shape) > _MAX_NDIM or not all(
+        isinstance(d, int) and d >= 0 for d in shape
+    ):
+        raise MalformedInput(f"joblib array shape invalid: {describe(shape)}")
     has_object, itemsize = _dtype_info(dtype)
     r = machine.r
     if has_object:

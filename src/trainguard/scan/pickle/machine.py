@@ -31,6 +31,9 @@ NESTED_PICKLE_MAX = 256 << 20
 _HEAD = 16
 # Longest text argument line (GLOBAL names, protocol 0 strings).
 _LINE_LIMIT = 64 << 20
+# Longest GLOBAL/INST module or attribute name: the loader imports it, and no importable name
+# comes near this (a 64 MiB "name" would only cost memory in every copy made of it).
+_NAME_LIMIT = 64 << 10
 _SMALL = 1 << 16
 # Longest rendering of a value in evidence; attribute names kept per global; state entries
 # followed per BUILD. Each bounds what one opcode can cost, whatever the stream built before.
@@ -252,7 +255,7 @@ class PickleMachine:
         self,
         reader: Reader,
         *,
-        max_opcodes: int = 20_000_000,
+        max_opcodes: int = 10_000_000,
         build_hooks: dict[str, BuildHook] | None = None,
         max_globals: int = 10_000,
     ) -> None:
@@ -260,6 +263,15 @@ class PickleMachine:
         self.max_opcodes = max_opcodes
         self.max_globals = max_globals
         self.build_hooks = build_hooks or {}
+        self.reset()
+        self._dispatch = self._make_dispatch()
+
+    def reset(self) -> None:
+        """Forget the last stream and start the next one at the reader's position.
+
+        For files of many pickles (legacy torch records, concatenated streams): rebuilding the
+        opcode table costs more than running a small pickle, so callers reuse one machine.
+        """
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
@@ -268,8 +280,7 @@ class PickleMachine:
         self._attrs: dict[tuple[str, str], Any] = {}
         # ids of the byte strings already in result.nested (the objects stay alive there)
         self._nested_ids: set[int] = set()
-        self.result = StreamResult(start=reader.tell())
-        self._dispatch = self._make_dispatch()
+        self.result = StreamResult(start=self.r.tell())
 
     # ---------------------------------------------------------------- bookkeeping helpers
     def _use(self, g: object, use: str, offset: int, args: object = None) -> None:
@@ -470,6 +481,9 @@ class PickleMachine:
 
         def line() -> bytes:
             return r.readline(_LINE_LIMIT)[:-1]
+
+        def name_line() -> str:
+            return _decode_str(r.readline(_NAME_LIMIT)[:-1])
 
         def mark(_o: int) -> None:
             self.metastack.append(self.stack)
@@ -733,8 +747,8 @@ class PickleMachine:
             return handler
 
         def global_(_o: int) -> None:
-            module = _decode_str(line())
-            name = _decode_str(line())
+            module = name_line()
+            name = name_line()
             self.stack.append(self._import(module, name, _o))
 
         def stack_global(_o: int) -> None:
@@ -784,8 +798,8 @@ class PickleMachine:
                                                              "build"))
 
         def inst_(_o: int) -> None:
-            module = _decode_str(line())
-            name = _decode_str(line())
+            module = name_line()
+            name = name_line()
             args = self._pop_mark()
             g = Global(module, name, _o)
             self._use(g, "import", _o)
