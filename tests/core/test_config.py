@@ -119,7 +119,8 @@ def test_allow_everything_is_refused(pattern: str) -> None:
 
 @pytest.mark.parametrize("pattern", ["mylab.*", "mylab.**", "mylab.models.Net", "mylab.m*.Net"])
 def test_own_package_patterns_are_accepted(pattern: str) -> None:
-    assert parse_config({"scan": {"allow": {"globals": [pattern]}}}).scan.allow_globals == (pattern,)
+    config = parse_config({"scan": {"allow": {"globals": [pattern]}}})
+    assert config.scan.allow_globals == (pattern,)
 
 
 @pytest.mark.parametrize("pattern", ["mylab.", "mylab..Net", "*mylab.Net"])

@@ -35,7 +35,8 @@ from trainguard.artifacts.zipfmt import open_member, read_zip
 from trainguard.core.config import Limits, ScanConfig
 from trainguard.core.errors import LimitExceeded, MalformedInput
 from trainguard.scan.context import Blob, ScanContext
-from trainguard.scan.pickle.machine import PickleMachine, StreamResult
+from trainguard.scan.pickle.machine import PickleMachine
+from trainguard.scan.pickle.values import StreamResult
 from trainguard.scan.policy import Policy
 
 SETTINGS = settings(max_examples=200, deadline=None,

@@ -19,7 +19,9 @@ from trainguard.scan.policy import Policy
         ("numpy.dtypes.os", "Popen", {"call"}),
     ],
 )
-def test_allow_patterns_do_not_leak_dangerous_modules(module: str, name: str, uses: set[str]) -> None:
+def test_allow_patterns_do_not_leak_dangerous_modules(
+    module: str, name: str, uses: set[str]
+) -> None:
     verdict = Policy().classify(module, name, uses)
     assert verdict.rule_id == "TG-PKL-001"
     assert verdict.severity is Severity.CRITICAL

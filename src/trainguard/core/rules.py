@@ -46,39 +46,41 @@ _C, _H, _M, _L = Severity.CRITICAL, Severity.HIGH, Severity.MEDIUM, Severity.LOW
 _ALL = [
     # --- pickle ------------------------------------------------------------------------------
     Rule("TG-PKL-001", "Pickle imports a code-execution primitive", _C,
-         "Unpickling resolves this global, which can run commands, evaluate code, load native code "
-         "or reach the network. This is how malicious checkpoints take over a training job.",
-         "Do not load this file. Obtain the model from a trusted source, preferably as safetensors."),
+         "Unpickling resolves this global, which can run commands, evaluate code, load native "
+         "code or reach the network. This is how malicious checkpoints take over a training job.",
+         "Do not load this file. Obtain the model from a trusted source, preferably as "
+         "safetensors."),
     Rule("TG-PKL-002", "Pickle calls a global that is not on the allow-list", _H,
-         "Unpickling calls this function or class with attacker-chosen arguments. It is not a known "
-         "safe constructor of tensors, arrays or containers.",
-         "Load with weights_only=True or convert to safetensors; if the global is yours and trusted, "
-         "add it to [scan.allow] globals in trainguard.toml."),
+         "Unpickling calls this function or class with attacker-chosen arguments. It is not a "
+         "known safe constructor of tensors, arrays or containers.",
+         "Load with weights_only=True or convert to safetensors; if the global is yours and "
+         "trusted, add it to [scan.allow] globals in trainguard.toml."),
     Rule("TG-PKL-003", "Pickle instantiates a class that is not on the allow-list", _M,
          "Unpickling imports this class's module (running its import-time code) and creates an "
          "instance through __new__ and __setstate__ without calling __init__.",
-         "If this is your own model class (a full-model torch.save), save a state_dict instead, or "
-         "add the class to [scan.allow] globals."),
+         "If this is your own model class (a full-model torch.save), save a state_dict instead, "
+         "or add the class to [scan.allow] globals."),
     Rule("TG-PKL-004", "Pickle imports a global that is not on the allow-list", _M,
          "Unpickling imports this module and looks up the name, running the module's import-time "
          "code, even if the object is never called.",
-         "Verify where the file came from; add the global to [scan.allow] globals if it is trusted."),
+         "Verify where the file came from; add the global to [scan.allow] globals if it is "
+         "trusted."),
     Rule("TG-PKL-005", "Pickle calls an object it built at load time", _H,
-         "The callable is not a plain import but the result of another call or attribute lookup, a "
-         "pattern used to hide the real target (getattr chains, operator gadgets).",
+         "The callable is not a plain import but the result of another call or attribute lookup, "
+         "a pattern used to hide the real target (getattr chains, operator gadgets).",
          "Do not load this file."),
     Rule("TG-PKL-006", "Pickle sets attributes on an imported module, class or function", _H,
          "BUILD applied to an imported object rewrites that object's attributes in the loading "
          "process: a monkeypatch smuggled inside data.",
          "Do not load this file."),
     Rule("TG-PKL-007", "Pickle stream is malformed", _M,
-         "The stream could not be parsed to its end. Loaders execute opcodes as they read them, so "
-         "whatever came before the break runs before the error (the 'nullifAI' technique), and "
-         "scanners that give up on the error miss it.",
+         "The stream could not be parsed to its end. Loaders execute opcodes as they read them, "
+         "so whatever came before the break runs before the error (the 'nullifAI' technique), "
+         "and scanners that give up on the error miss it.",
          "Treat the file as hostile unless its origin is known; re-save it from the source."),
     Rule("TG-PKL-008", "Data after the end of a pickle", _L,
-         "Bytes follow the final STOP opcode. Loaders ignore them, but they can hide a second payload "
-         "for a different loader.",
+         "Bytes follow the final STOP opcode. Loaders ignore them, but they can hide a second "
+         "payload for a different loader.",
          "Re-save the file; investigate where the trailing bytes came from."),
     Rule("TG-PKL-009", "Pickle uses an unusual opcode for a model file", _L,
          "EXT1/EXT2/EXT4 extension registry lookups and PERSID text ids are not produced by "
@@ -86,19 +88,21 @@ _ALL = [
          "Re-save the file with the framework's own save function."),
     # --- training sabotage primitives -------------------------------------------------------------
     Rule("TG-SAB-001", "File reseeds or replaces random number generator state", _H,
-         "Loading this file sets a global RNG seed or state (torch, numpy, random, CUDA), silently "
-         "changing data order, dropout and initialisation of the job that loads it.",
+         "Loading this file sets a global RNG seed or state (torch, numpy, random, CUDA), "
+         "silently changing data order, dropout and initialisation of the job that loads it.",
          "Do not load this file into a training job; investigate who produced it."),
     Rule("TG-SAB-002", "File replaces an optimizer, module or framework attribute", _C,
-         "Loading this file monkeypatches a training-critical object (torch.optim, torch.nn, torch "
-         "global state), the way optimizer steps get flipped or weights perturbed from inside a job.",
+         "Loading this file monkeypatches a training-critical object (torch.optim, torch.nn, "
+         "torch global state), the way optimizer steps get flipped or weights perturbed from "
+         "inside a job.",
          "Do not load this file; investigate who produced it."),
     Rule("TG-SAB-003", "File inserts a delay", _H,
-         "Loading this file calls a sleep or wait primitive: a way to slow one rank and stall or time "
-         "out a distributed job.",
+         "Loading this file calls a sleep or wait primitive: a way to slow one rank and stall or "
+         "time out a distributed job.",
          "Do not load this file into a training job."),
     Rule("TG-SAB-004", "File kills processes, sends signals or exits", _C,
-         "Loading this file can kill ranks, send signals or exit the interpreter, ending multi-node runs.",
+         "Loading this file can kill ranks, send signals or exit the interpreter, ending "
+         "multi-node runs.",
          "Do not load this file."),
     Rule("TG-SAB-005", "File changes global training settings", _H,
          "Loading this file changes process-wide framework settings (default dtype, grad mode, "
@@ -106,12 +110,12 @@ _ALL = [
          "Do not load this file into a training job."),
     # --- containers and formats -------------------------------------------------------------
     Rule("TG-FMT-001", "File could not be parsed", _M,
-         "The file looks like a model format but is malformed or truncated. A parse failure is never "
-         "a pass: a loader may still execute part of it.",
+         "The file looks like a model format but is malformed or truncated. A parse failure is "
+         "never a pass: a loader may still execute part of it.",
          "Re-download or re-save the file; treat it as untrusted until it parses."),
     Rule("TG-FMT-002", "File is valid in two formats at once (polyglot)", _M,
-         "Different loaders would read different content from the same bytes, a known way to show a "
-         "scanner one thing and a loader another.",
+         "Different loaders would read different content from the same bytes, a known way to "
+         "show a scanner one thing and a loader another.",
          "Re-save the model in a single format."),
     Rule("TG-FMT-003", "Archive or compressed format cannot be inspected", _M,
          "The content is packed in a way this installation cannot read (missing optional codec, "
@@ -119,51 +123,51 @@ _ALL = [
          "Install the extra named in the evidence (e.g. trainguard[7z]) or unpack the file."),
     Rule("TG-ZIP-001", "Zip headers disagree", _M,
          "Local and central directory headers name different files, sizes or methods, or the CRC "
-         "does not match. PyTorch trusts the central directory and ignores CRCs; scanners that read "
-         "the local headers see other content.",
+         "does not match. PyTorch trusts the central directory and ignores CRCs; scanners that "
+         "read the local headers see other content.",
          "Re-save the checkpoint; treat it as tampered until explained."),
     Rule("TG-ZIP-002", "Zip member name is a path trick", _H,
          "Absolute paths, '..' components, duplicate names or control characters in member names "
          "can make extraction write outside the target or make loaders pick another member.",
          "Do not extract or load this archive."),
     Rule("TG-LIM-001", "Safety limit reached; content not fully inspected", _M,
-         "Inspection stopped at a depth, size, member-count or work limit (zip bombs, deep nesting, "
-         "huge pickles). What was not inspected cannot be called clean.",
+         "Inspection stopped at a depth, size, member-count or work limit (zip bombs, deep "
+         "nesting, huge pickles). What was not inspected cannot be called clean.",
          "Inspect the file in isolation or raise the limit in [scan.limits] if it is trusted."),
     Rule("TG-FS-001", "Symbolic link leaves the scanned tree", _M,
-         "A link inside the scanned path points outside it; it was not followed. Loaders would follow "
-         "it to content nobody reviewed.",
+         "A link inside the scanned path points outside it; it was not followed. Loaders would "
+         "follow it to content nobody reviewed.",
          "Replace the link with the file, or scan its target explicitly."),
     Rule("TG-NPY-001", "NumPy file holds an object array (pickle)", _L,
-         "Object arrays are stored as pickles and need allow_pickle=True, which runs code on load. "
-         "The embedded pickle was scanned; the file still needs an unsafe loader flag.",
+         "Object arrays are stored as pickles and need allow_pickle=True, which runs code on "
+         "load. The embedded pickle was scanned; the file still needs an unsafe loader flag.",
          "Store numeric data only, or use safetensors."),
     Rule("TG-KER-001", "Keras model contains a Lambda layer (serialized code)", _H,
          "Lambda layers carry Python bytecode that runs on load (CVE-2024-3660; .h5 files ignore "
          "safe_mode, CVE-2025-9905).",
          "Replace Lambda layers with registered custom layers and load with safe_mode=True."),
     Rule("TG-KER-002", "Keras config references objects outside Keras", _M,
-         "A layer, function or object is resolved from a module outside keras, so loading imports "
-         "and calls that module's code (CVE-2025-1550).",
+         "A layer, function or object is resolved from a module outside keras, so loading "
+         "imports and calls that module's code (CVE-2025-1550).",
          "Check the module named; only load with the custom objects you trust passed explicitly."),
     Rule("TG-KER-003", "Keras config references a dangerous function", _C,
          "The config resolves a known code-execution or security-relevant function (for example "
          "keras.config.enable_unsafe_deserialization or os.system) during loading.",
          "Do not load this model."),
     Rule("TG-TF-001", "TensorFlow graph uses file-system or code-execution ops", _H,
-         "Ops such as ReadFile, WriteFile, MatchingFiles or PyFunc touch the host or run Python when "
-         "the graph executes.",
+         "Ops such as ReadFile, WriteFile, MatchingFiles or PyFunc touch the host or run Python "
+         "when the graph executes.",
          "Review the graph; serve it in a sandbox or remove the ops."),
     Rule("TG-ONNX-001", "ONNX external data path escapes the model directory", _H,
-         "External tensor data names an absolute path or '..', so loading reads (or with some tools "
-         "writes) arbitrary files (CVE-2024-27318, CVE-2024-5187).",
+         "External tensor data names an absolute path or '..', so loading reads (or with some "
+         "tools writes) arbitrary files (CVE-2024-27318, CVE-2024-5187).",
          "Keep external data files beside the model and reference them by plain relative names."),
     Rule("TG-ONNX-002", "ONNX model uses custom operator domains", _L,
          "Nodes from non-standard domains need native libraries registered at load time.",
          "Make sure the custom-op library is trusted and pinned."),
     Rule("TG-TPL-001", "Chat template escapes the Jinja sandbox", _C,
-         "The template reaches Python internals (dunder attributes, globals, os, import) and runs "
-         "code when rendered by a loader without a sandbox (CVE-2024-34359).",
+         "The template reaches Python internals (dunder attributes, globals, os, import) and "
+         "runs code when rendered by a loader without a sandbox (CVE-2024-34359).",
          "Replace the chat template with a reviewed one."),
     Rule("TG-TPL-002", "Chat template could not be parsed", _M,
          "The template is not valid Jinja; a loader may fail or behave unexpectedly.",
@@ -193,8 +197,8 @@ def render_markdown(rules: list[Rule] | None = None) -> str:
     lines = [
         "# Rules",
         "",
-        "Every finding carries one of these stable ids. Ids are never reused. The severity shown is",
-        "the default; some occurrences are raised or lowered (the finding says which).",
+        "Every finding carries one of these stable ids. Ids are never reused. The severity shown",
+        "is the default; some occurrences are raised or lowered (the finding says which).",
         "Generated by `trainguard rules -f markdown > docs/rules.md`; a test keeps it current.",
         "",
     ]

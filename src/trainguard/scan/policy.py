@@ -37,7 +37,8 @@ _STORAGES = [
     "Untyped", "Float8_e4m3fn", "Float8_e5m2",
 ]
 _DTYPES = [
-    "float32", "float", "float64", "double", "float16", "half", "bfloat16", "complex32", "complex64",
+    "float32", "float", "float64", "double", "float16", "half", "bfloat16", "complex32",
+    "complex64",
     "complex128", "cfloat", "cdouble", "uint8", "int8", "int16", "short", "int32", "int", "int64",
     "long", "bool", "quint8", "qint8", "qint32", "quint4x2", "quint2x4", "float8_e4m3fn",
     "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "uint16", "uint32", "uint64",
@@ -139,7 +140,8 @@ SAFE_PATTERNS: tuple[tuple[re.Pattern[str], frozenset[str]], ...] = (
     # REDUCE); test utilities are excluded because some of them run subprocesses.
     (re.compile(rf"^sklearn\.(?!utils\._testing)(?!.*\.tests?\.)[a-z_0-9.]+\.{_CLASS}$"),
      frozenset({IMPORT, CONSTRUCT, CALL})),
-    (re.compile(r"^sklearn\.[a-z_0-9.]+\.__pyx_unpickle_[A-Za-z0-9_]+$"), frozenset({IMPORT, CALL})),
+    (re.compile(r"^sklearn\.[a-z_0-9.]+\.__pyx_unpickle_[A-Za-z0-9_]+$"),
+     frozenset({IMPORT, CALL})),
     (re.compile(rf"^scipy\.sparse\.[a-z_0-9.]+\.{_CLASS}$"), frozenset({IMPORT, CONSTRUCT})),
     # scipy.sparse's own (lower-case) matrix and array classes, e.g. scipy.sparse._csr.csr_matrix
     (re.compile(r"^scipy\.sparse\._(bsr|coo|csc|csr|dia|dok|lil)\.\1_(matrix|array)$"),
@@ -166,7 +168,8 @@ DANGEROUS_MODULES = frozenset(
     webbrowser http urllib urllib3 requests httpx aiohttp ftplib smtplib telnetlib poplib imaplib
     nntplib xmlrpc socketserver profile cProfile _lsprof trace bdb pdb timeit doctest pydoc
     tempfile glob fnmatch tarfile zipfile gzip bz2 lzma _osx_support _aix_support mailcap
-    logging.config code types inspect gc weakref ctypes.util _io io builtins.open operator.attrgetter
+    logging.config code types inspect gc weakref ctypes.util _io io builtins.open
+    operator.attrgetter
     operator.methodcaller functools.partial functools.reduce torch.hub torch.load torch.jit.load
     torch.utils.collect_env torch.utils.cpp_extension torch.utils.data.datapipes torch._inductor
     torch._dynamo torch.fx torch.package torch.distributed.rpc torch.serialization.load
@@ -419,6 +422,6 @@ def sabotage(full: str, prefixes: list[str] | None = None) -> Verdict | None:
     if (any(p in _TENSOR_CLASSES for p in prefixes[:-1]) and leaf.endswith("_")
             and not leaf.startswith("__")):
         return Verdict("TG-SAB-002", Severity.CRITICAL, f"{full} modifies tensors in place")
-    if prefixes[0] == "torch" and (leaf.startswith("set_") or leaf.startswith("_set_")):
+    if prefixes[0] == "torch" and (leaf.startswith(("set_", "_set_"))):
         return Verdict("TG-SAB-005", Severity.HIGH, f"{full} changes global torch state")
     return None

@@ -9,7 +9,8 @@ from trainguard.core.errors import LimitExceeded, MalformedInput, TrainguardErro
 from trainguard.core.findings import Severity
 from trainguard.scan.context import Blob, ScanContext
 from trainguard.scan.pickle.inline import JOBLIB_HOOKS
-from trainguard.scan.pickle.machine import PickleMachine, StreamResult
+from trainguard.scan.pickle.machine import PickleMachine
+from trainguard.scan.pickle.values import StreamResult
 from trainguard.scan.policy import Policy
 
 #: first value of a legacy (pre-1.6, non-zip) torch.save file: MAGIC_NUMBER in

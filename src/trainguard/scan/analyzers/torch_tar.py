@@ -16,7 +16,8 @@ import struct
 from trainguard.artifacts.reader import Reader
 from trainguard.core.errors import LimitExceeded, MalformedInput
 from trainguard.scan.context import Blob, ScanContext
-from trainguard.scan.pickle.machine import Global, PickleMachine, StreamResult, describe
+from trainguard.scan.pickle.machine import PickleMachine
+from trainguard.scan.pickle.values import Global, StreamResult, describe
 
 # Element sizes of the legacy typed storages (torch._utils._element_size of their dtype).
 _ELEMENT_SIZE = {
@@ -90,7 +91,8 @@ def _skip_storage(reader: Reader, record: object) -> None:
         raise MalformedInput(f"legacy torch storage record is {describe(record)}", reader.tell())
     size = _ELEMENT_SIZE.get(record[2].name)
     if size is None:
-        raise MalformedInput(f"legacy torch storage type {record[2].qualname} unknown", reader.tell())
+        raise MalformedInput(f"legacy torch storage type {record[2].qualname} unknown",
+                             reader.tell())
     (numel,) = struct.unpack("<q", reader.read(8))
     if numel < 0:
         raise MalformedInput(f"legacy torch storage with {numel} elements", reader.tell())

@@ -17,14 +17,8 @@ import math
 import re
 
 from trainguard.core.errors import MalformedInput
-from trainguard.scan.pickle.machine import (
-    BuildHook,
-    Call,
-    Global,
-    PickleMachine,
-    SymDict,
-    describe,
-)
+from trainguard.scan.pickle.machine import BuildHook, PickleMachine
+from trainguard.scan.pickle.values import Call, Global, SymDict, describe
 
 _MAX_STATE_KEYS = 64
 _MAX_NDIM = 64
@@ -42,13 +36,11 @@ def _dtype_info(dtype: object) -> tuple[bool, int]:
     args = dtype.args if isinstance(dtype.args, tuple) else ()
     code = args[0] if args and isinstance(args[0], str) else ""
     state = dtype.state if isinstance(dtype.state, tuple) else ()
-    # numpy dtype __reduce__ state: (version, byteorder, subdtype, names, fields, elsize, align, flags)
-    names = state[3] if len(state) > 3 else None
-    fields = state[4] if len(state) > 4 else None
-    if code.startswith("O") or (fields is not None and names is not None):
-        # object dtype, or a structured dtype whose fields we do not size: treated as unsized below
-        if code.startswith("O"):
-            return True, 8
+    # numpy dtype __reduce__ state:
+    #   (version, byteorder, subdtype, names, fields, elsize, align, flags)
+    if code.startswith("O"):
+        return True, 8
+    # structured and flexible dtypes carry their item size in the state (elsize)
     if len(state) > 5 and isinstance(state[5], int) and state[5] > 0:
         return False, state[5]
     m = _TYPESTR.match(code)
@@ -87,7 +79,7 @@ def _joblib_array(machine: PickleMachine, wrapper: Call) -> None:
         res = sub.run()
         machine.merge(res)
         return
-    if "numpy_array_alignment_bytes" in state.keys() and state.get(
+    if "numpy_array_alignment_bytes" in state and state.get(
         "numpy_array_alignment_bytes"
     ) is not None:
         pad = r.read(1)[0]

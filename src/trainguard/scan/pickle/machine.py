@@ -19,233 +19,56 @@ from __future__ import annotations
 import codecs
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.artifacts.reader import Reader
 from trainguard.core.errors import LimitExceeded, MalformedInput
-
-# Largest bytes constant kept whole (for nested-pickle scanning); longer ones are skipped.
-NESTED_PICKLE_MAX = 256 << 20
-# Bytes kept from large constants (enough to recognise a nested pickle).
-_HEAD = 16
-# Longest text argument line (GLOBAL names, protocol 0 strings).
-_LINE_LIMIT = 64 << 20
-# Longest GLOBAL/INST module or attribute name: the loader imports it, and no importable name
-# comes near this (a 64 MiB "name" would only cost memory in every copy made of it).
-_NAME_LIMIT = 64 << 10
-_SMALL = 1 << 16
-# Longest rendering of a value in evidence; attribute names kept per global; state entries
-# followed per BUILD. Each bounds what one opcode can cost, whatever the stream built before.
-_DESCRIBE_MAX = 160
-_MAX_BUILD_ATTRS = 32
-_MAX_STATE_KEYS = 256
-
-
-class Global:
-    """An imported object: ``module`` and ``name`` exactly as the stream gave them."""
-
-    __slots__ = ("module", "name", "offset")
-
-    def __init__(self, module: str, name: str, offset: int) -> None:
-        self.module = module
-        self.name = name
-        self.offset = offset
-
-    @property
-    def qualname(self) -> str:
-        return f"{self.module}.{self.name}"
-
-    def __repr__(self) -> str:
-        return self.qualname
-
-
-class Call:
-    """The result of calling ``func`` (a Global or another symbolic value) at ``offset``."""
-
-    __slots__ = ("func", "args", "kind", "offset", "state")
-
-    def __init__(self, func: object, args: object, kind: str, offset: int) -> None:
-        self.func = func
-        self.args = args
-        self.kind = kind
-        self.offset = offset
-        self.state: object = None
-
-    def __repr__(self) -> str:
-        return f"{describe(self.func)}(...)"
-
-
-class PersistentRef:
-    __slots__ = ("pid",)
-
-    def __init__(self, pid: object) -> None:
-        self.pid = pid
-
-    def __repr__(self) -> str:
-        return "persistent_id(...)"
-
-
-class BigBytes:
-    """A byte string too large to keep: its length and first bytes."""
-
-    __slots__ = ("length", "head")
-
-    def __init__(self, length: int, head: bytes) -> None:
-        self.length = length
-        self.head = head
-
-    def __repr__(self) -> str:
-        return f"<{self.length} bytes>"
-
-
-class Opaque:
-    """A value the machine cannot know statically (extension registry entries, buffers)."""
-
-    __slots__ = ("what",)
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __repr__(self) -> str:
-        return f"<{self.what}>"
-
-
-class SymList(list):  # type: ignore[type-arg]
-    """A list built by the pickle."""
-
-
-class SymDict:
-    """A dict built by the pickle; keys may be symbolic (unhashable), so pairs are kept in order."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self) -> None:
-        self.pairs: list[tuple[object, object]] = []
-
-    def get(self, key: str) -> object:
-        for k, v in reversed(self.pairs):
-            if k == key:
-                return v
-        return None
-
-    def keys(self) -> list[object]:
-        return [k for k, _ in self.pairs]
-
-    def __repr__(self) -> str:
-        return "{...}"
-
-
-class SymSet(list):  # type: ignore[type-arg]
-    """A set or frozenset built by the pickle."""
-
-
-def describe(value: object, depth: int = 0) -> str:
-    """A short, human-readable rendering of a symbolic value for evidence strings."""
-    # Bounded at every level: evidence is built per call site, and a hostile stream can make
-    # thousands of call sites share one wide or huge value.
-    text = _describe(value, depth)
-    return text if len(text) <= _DESCRIBE_MAX else text[:_DESCRIBE_MAX - 3] + "..."
-
-
-def _describe(value: object, depth: int) -> str:
-    if depth > 3:
-        return "..."
-    if isinstance(value, Global):
-        return value.qualname
-    if isinstance(value, Call):
-        if isinstance(value.func, Global) and value.func.qualname in (
-            "builtins.getattr", "__builtin__.getattr"
-        ) and isinstance(value.args, tuple) and len(value.args) == 2:
-            attr = value.args[1]
-            attr_text = attr if isinstance(attr, str) and len(attr) <= 60 else describe(attr, 3)
-            return f"{describe(value.args[0], depth + 1)}.{attr_text}"
-        return f"{describe(value.func, depth + 1)}(...)"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, tuple):
-        parts: list[str] = []
-        for v in value[:4]:
-            parts.append(describe(v, depth + 1))
-            if sum(map(len, parts)) >= _DESCRIBE_MAX:
-                break
-        return "(" + ", ".join(parts) + (", ..." if len(value) > len(parts) else "") + ")"
-    if isinstance(value, int) and value.bit_length() > 64:
-        # repr of a LONG4 constant can exceed sys.get_int_max_str_digits() and raise
-        return f"<{value.bit_length()}-bit int>"
-    return repr(value) if not isinstance(value, (SymList, SymDict, SymSet)) else type(value).__name__
-
-
-@dataclass
-class GlobalUse:
-    """How one global was used in a stream."""
-
-    module: str
-    name: str
-    first_offset: int
-    uses: set[str] = field(default_factory=set)  # "import", "call", "construct", "build"
-    count: int = 0
-    #: for "build": attribute names the state would set
-    build_attrs: list[str] = field(default_factory=list)
-    #: first few call argument renderings, as evidence
-    call_args: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DynamicCall:
-    """A call whose target is not a plain import (the result of another call or lookup)."""
-
-    offset: int
-    target: str
-    kind: str
-
-
-@dataclass
-class StreamResult:
-    """Everything one pickle stream would do, as far as it parsed."""
-
-    start: int
-    end: int = 0
-    protocol: int = 0
-    opcodes: int = 0
-    globals: dict[tuple[str, str], GlobalUse] = field(default_factory=dict)
-    dynamic_calls: list[DynamicCall] = field(default_factory=list)
-    #: (offset, opcode name) of opcodes unusual in model files
-    unusual: list[tuple[int, str]] = field(default_factory=list)
-    #: (offset, payload) of byte constants that are pickles themselves
-    nested: list[tuple[int, bytes]] = field(default_factory=list)
-    error: str | None = None
-    error_offset: int | None = None
-    limit: LimitExceeded | None = None
-    #: the unpickled top-level value (symbolic), when the stream completed
-    value: object = None
-    completed: bool = False
-
-    @property
-    def calls(self) -> int:
-        return sum(1 for g in self.globals.values() if g.uses & {"call", "construct", "build"}) + len(
-            self.dynamic_calls
-        )
-
-
-class _Mark:
-    __slots__ = ()
-
+from trainguard.scan.pickle.fold import (  # noqa: F401
+    _ENCODE,
+    _GETATTR,
+    _LOADERS,
+    _RESOLVERS,
+    _STR_ATTRS,
+    _STR_JOIN,
+    _add_attrs,
+    _codec_name,
+    _computed,
+    _fold_bytes,
+    _fold_str,
+    _legacy_module_class,
+    _nested_candidate,
+    _state_items,
+    _state_keys,
+)
+from trainguard.scan.pickle.values import (  # noqa: F401
+    _DESCRIBE_MAX,
+    _HEAD,
+    _LINE_LIMIT,
+    _MAX_BUILD_ATTRS,
+    _MAX_STATE_KEYS,
+    _NAME_LIMIT,
+    _SMALL,
+    NESTED_PICKLE_MAX,
+    BigBytes,
+    Call,
+    DynamicCall,
+    Global,
+    GlobalUse,
+    Opaque,
+    PersistentRef,
+    StreamResult,
+    SymDict,
+    SymList,
+    SymSet,
+    _decode_str,
+    _describe,
+    _Mark,
+    describe,
+)
 
 #: Inline data hooks: given the machine and the object BUILD was applied to, consume the raw bytes
 #: a loader would read from the stream right after that BUILD (joblib arrays).
 BuildHook = Callable[["PickleMachine", Call], None]
-
-
-def _decode_str(data: bytes) -> str:
-    # The loader decodes names as UTF-8 and fails the load on bad bytes (_pickle.c load_global):
-    # a malformed stream, never an exception escaping the machine.
-    try:
-        return data.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError as exc:
-        raise MalformedInput(f"invalid UTF-8 in text argument: {exc.reason}") from None
 
 
 class PickleMachine:
@@ -369,14 +192,14 @@ class PickleMachine:
             self._use(args[0], "call", offset)
             if len(args) > 1:
                 self._use(args[1], "construct", offset)
-        elif name in ("builtins.setattr", "__builtin__.setattr") and len(args) >= 2:
+        elif (name in ("builtins.setattr", "__builtin__.setattr") and len(args) >= 2
+              and isinstance(args[0], Global) and isinstance(args[1], str)):
             # setattr(<imported>, "attr", value): an attribute set on an imported object
-            if isinstance(args[0], Global) and isinstance(args[1], str):
-                self._use(args[0], "build", offset)
-                gu = self.result.globals[(args[0].module, args[0].name)]
-                _add_attrs(gu, [args[1]])
-                if len(args) >= 3:
-                    self._attrs[(args[0].module, f"{args[0].name}.{args[1]}")] = args[2]
+            self._use(args[0], "build", offset)
+            gu = self.result.globals[(args[0].module, args[0].name)]
+            _add_attrs(gu, [args[1]])
+            if len(args) >= 3:
+                self._attrs[(args[0].module, f"{args[0].name}.{args[1]}")] = args[2]
 
     def merge(self, sub: StreamResult) -> None:
         """Fold a stream that the loader reads from inside this one (joblib object arrays)."""
@@ -664,7 +487,7 @@ class PickleMachine:
         def dict_(_o: int) -> None:
             items = self._pop_mark()
             dct = SymDict()
-            dct.pairs = list(zip(items[0::2], items[1::2]))
+            dct.pairs = list(zip(items[0::2], items[1::2], strict=False))
             self.stack.append(dct)
 
         def empty_dict(_o: int) -> None:
@@ -683,7 +506,7 @@ class PickleMachine:
             items = self._pop_mark()
             target = self._top()
             if isinstance(target, SymDict):
-                target.pairs.extend(zip(items[0::2], items[1::2]))
+                target.pairs.extend(zip(items[0::2], items[1::2], strict=False))
             else:
                 self._container_call(target, "__setitem__", _o)
 
@@ -845,7 +668,8 @@ class PickleMachine:
             self.stack.append(PersistentRef(self._pop()))
 
         table: dict[bytes, Callable[[int], bool | None]] = {
-            b"(": mark, b".": stop, b"G": binfloat, b"0": pop, b"1": pop_mark, b"2": dup, b"F": float_,
+            b"(": mark, b".": stop, b"G": binfloat, b"0": pop, b"1": pop_mark, b"2": dup,
+            b"F": float_,
             b"I": int_, b"J": binint, b"K": binint1, b"M": binint2, b"L": long_,
             b"\x8a": long1, b"\x8b": long4, b"S": string, b"T": binstring, b"U": short_binstring,
             b"V": unicode_, b"X": binunicode, b"\x8c": short_binunicode, b"\x8d": binunicode8,
@@ -897,122 +721,7 @@ class PickleMachine:
         if isinstance(target, Call) and isinstance(target.func, Global):
             # e.g. collections.OrderedDict().__setitem__: a method of what the global built
             return
-        self.result.dynamic_calls.append(DynamicCall(offset, f"{describe(target)}.{method}", "call"))
+        self.result.dynamic_calls.append(
+            DynamicCall(offset, f"{describe(target)}.{method}", "call"))
 
 
-def _legacy_module_class(value: object) -> object:
-    """The class a legacy torch file's ``("module", cls, source_file, source)`` persistent id stands
-    for: torch's ``_legacy_load`` persistent_load returns ``cls`` itself (torch/serialization.py),
-    so NEWOBJ/REDUCE on it construct that class, which the policy then judges like any other."""
-    pid = value.pid if isinstance(value, PersistentRef) else None
-    if isinstance(pid, tuple) and len(pid) >= 2 and pid[0] == "module":
-        return pid[1] if isinstance(pid[1], Global) else value
-    return value
-
-
-_GETATTR = frozenset({"builtins.getattr", "__builtin__.getattr"})
-#: functions that import a global named by a string
-_RESOLVERS = frozenset({"pkgutil.resolve_name", "pydoc.locate"})
-#: functions whose first argument is a serialized file the loader deserializes again
-_LOADERS = frozenset({
-    "torch.storage._load_from_bytes", "pickle.loads", "_pickle.loads", "cPickle.loads",
-    "pickle._loads", "dill.loads", "dill._dill.loads", "cloudpickle.loads", "joblib.load",
-    "numpy.loads", "torch.load", "torch.serialization.load",
-})
-_ENCODE = frozenset({"_codecs.encode", "codecs.encode"})
-_STR_JOIN = frozenset({"builtins.str.join", "__builtin__.str.join"})
-#: attributes that hold text: an import of one is a string only known at load time
-_STR_ATTRS = frozenset({"__name__", "__qualname__", "__module__", "__doc__", "__file__",
-                        "__package__"})
-
-
-def _computed(value: object) -> bool:
-    """A STACK_GLOBAL operand only known at load time, which may well be a string.
-
-    Imported functions and classes are not strings (the loader fails on them, like on a
-    constant of the wrong type), but their text attributes (``os.__name__``) are.
-    """
-    if isinstance(value, Global):
-        return value.name.rsplit(".", 1)[-1] in _STR_ATTRS
-    return isinstance(value, (Call, PersistentRef, Opaque))
-
-
-def _codec_name(value: object) -> str:
-    return value.lower().replace("-", "_") if isinstance(value, str) else ""
-
-
-def _fold_str(value: object, depth: int = 0) -> str | None:
-    """The text a value certainly is at load time: a constant, or a pure string function of
-    constants (``_codecs.encode(s, "rot13")``, ``"".join([...])``, ``str(s)``); else None."""
-    if isinstance(value, str):
-        return value
-    if depth > 4 or not isinstance(value, Call) or not isinstance(value.func, Global):
-        return None
-    func, args = value.func.qualname, value.args
-    if not isinstance(args, tuple):
-        return None
-    if func in _ENCODE and len(args) == 2 and _codec_name(args[1]) in ("rot13", "rot_13"):
-        text = _fold_str(args[0], depth + 1)
-        return codecs.encode(text, "rot13") if text is not None else None
-    if func in _STR_JOIN and len(args) == 2 and isinstance(args[1], (SymList, tuple)):
-        sep = _fold_str(args[0], depth + 1)
-        items = [_fold_str(v, depth + 1) for v in args[1]]
-        if sep is not None and all(i is not None for i in items):
-            return sep.join(i for i in items if i is not None)
-    if func in ("builtins.str", "__builtin__.str") and len(args) == 1:
-        return _fold_str(args[0], depth + 1)
-    return None
-
-
-def _fold_bytes(value: object) -> bytes | None:
-    """The bytes a value certainly is: a constant, or ``_codecs.encode(text, "latin1")``, the
-    way protocols 0-2 write bytes."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, Call) and isinstance(value.func, Global) \
-            and value.func.qualname in _ENCODE and isinstance(value.args, tuple) \
-            and len(value.args) == 2 \
-            and _codec_name(value.args[1]) in ("latin1", "latin_1", "iso_8859_1", "iso8859_1"):
-        text = value.args[0]
-        if isinstance(text, str):
-            try:
-                return text.encode("latin1")
-            except UnicodeEncodeError:
-                return None
-    return None
-
-
-def _state_items(state: object) -> list[tuple[str, object]]:
-    """(attribute, value) pairs a BUILD state sets: a dict, or a (dict, slots-dict) pair.
-
-    Only the first _MAX_STATE_KEYS of each dict: one BUILD opcode can re-apply a state of any
-    size, and the BUILD on an import is reported whatever its keys are.
-    """
-    parts = state if isinstance(state, tuple) else (state,)
-    return [(k, v) for part in parts[:2] if isinstance(part, SymDict)
-            for k, v in part.pairs[:_MAX_STATE_KEYS] if isinstance(k, str)]
-
-
-def _nested_candidate(head: bytes) -> bool:
-    """Bytes that loaders may unpickle or torch.load again: a pickle or a zip (torch storage)."""
-    return (head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
-
-
-def _add_attrs(gu: GlobalUse, names: list[str]) -> None:
-    """Record attribute names set on a global: distinct ones, at most _MAX_BUILD_ATTRS."""
-    for name in names:
-        if len(gu.build_attrs) >= _MAX_BUILD_ATTRS:
-            return
-        if name not in gu.build_attrs:
-            gu.build_attrs.append(name)
-
-
-def _state_keys(state: object) -> list[str]:
-    """Attribute names a BUILD state would set: a dict, or a (dict, slots-dict) pair."""
-    names: list[str] = []
-    parts = state if isinstance(state, tuple) else (state,)
-    for part in parts[:2]:
-        if isinstance(part, SymDict):
-            names.extend(k if isinstance(k, str) else describe(k)
-                         for k, _ in part.pairs[:_MAX_BUILD_ATTRS])
-    return names or [f"<state {describe(state)}>"]
