@@ -98,7 +98,7 @@ class ScanContext:
     # --------------------------------------------------------------- dispatch
     def scan(self, blob: Blob, depth: int, head: bytes | None = None) -> Format:
         """Detect ``blob``'s format by content and run its analyzer; never raises for bad input."""
-        from trainguard.scan.analyzers import ANALYZERS  # late: analyzers import this module
+        from trainguard.scan.analyzers import get_analyzer  # late: analyzers import this module
 
         if depth > self.limits.max_depth:
             self.add("TG-LIM-001", blob, f"nesting deeper than max_depth={self.limits.max_depth}")
@@ -107,7 +107,7 @@ class ScanContext:
             if head is None:
                 head = blob.head()
             fmt = sniff(head, blob.size if blob.size is not None else 1 << 62)
-            analyzer = ANALYZERS.get(fmt)
+            analyzer = get_analyzer(fmt)
             if analyzer is None:
                 return Format.UNKNOWN
             if not analyzer(self, blob, depth, head):

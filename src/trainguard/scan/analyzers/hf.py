@@ -23,7 +23,6 @@ from pathlib import Path
 from trainguard.core.config import ScanConfig
 from trainguard.core.findings import Finding, Location
 from trainguard.core.rules import rule
-from trainguard.scan.analyzers.templates import template_findings
 
 #: files that make a folder loadable with from_pretrained
 MODEL_MARKERS = frozenset({
@@ -114,5 +113,7 @@ def check_directories(files: Sequence[str], config: ScanConfig) -> list[Finding]
     for p in sorted(p for p in paths if _is_template_file(p)):
         text = _read_text(p, config.limits.max_header_bytes)
         if text is not None:
+            from trainguard.scan.analyzers.templates import template_findings  # only if needed
+
             findings.extend(template_findings(text, Location(str(p)), p.name))
     return findings

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import codecs
 
-from trainguard.scan.pickle.values import (  # noqa: F401
-    _DESCRIBE_MAX,
-    _HEAD,
-    _LINE_LIMIT,
+from trainguard.scan.pickle.values import (
     _MAX_BUILD_ATTRS,
     _MAX_STATE_KEYS,
-    _NAME_LIMIT,
-    _SMALL,
-    NESTED_PICKLE_MAX,
-    BigBytes,
     Call,
-    DynamicCall,
     Global,
     GlobalUse,
     Opaque,
     PersistentRef,
-    StreamResult,
     SymDict,
     SymList,
-    SymSet,
-    _decode_str,
-    _describe,
-    _Mark,
     describe,
 )
 

@@ -23,15 +23,11 @@ from typing import Any
 
 from trainguard.artifacts.reader import Reader
 from trainguard.core.errors import LimitExceeded, MalformedInput
-from trainguard.scan.pickle.fold import (  # noqa: F401
-    _ENCODE,
+from trainguard.scan.pickle.fold import (
     _GETATTR,
     _LOADERS,
     _RESOLVERS,
-    _STR_ATTRS,
-    _STR_JOIN,
     _add_attrs,
-    _codec_name,
     _computed,
     _fold_bytes,
     _fold_str,
@@ -40,12 +36,9 @@ from trainguard.scan.pickle.fold import (  # noqa: F401
     _state_items,
     _state_keys,
 )
-from trainguard.scan.pickle.values import (  # noqa: F401
-    _DESCRIBE_MAX,
+from trainguard.scan.pickle.values import (
     _HEAD,
     _LINE_LIMIT,
-    _MAX_BUILD_ATTRS,
-    _MAX_STATE_KEYS,
     _NAME_LIMIT,
     _SMALL,
     NESTED_PICKLE_MAX,
@@ -61,8 +54,6 @@ from trainguard.scan.pickle.values import (  # noqa: F401
     SymList,
     SymSet,
     _decode_str,
-    _describe,
-    _Mark,
     describe,
 )
 
