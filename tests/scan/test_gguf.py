@@ -12,11 +12,12 @@ import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from fixtures.chat_templates import CVE_2024_34359, LLAMA3
+from fixtures.scanning import rule_ids, scan, scan_bytes, with_edits
 from trainguard.core.config import Limits, ScanConfig
 from trainguard.core.report import FileStatus
 from trainguard.scan.analyzers.gguf import GGML_TYPES
@@ -24,35 +25,11 @@ from trainguard.scan.engine import scan_paths
 
 gguf = pytest.importorskip("gguf")
 
-LLAMA3_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}"
-)
-# CVE-2024-34359 (GHSA-56xg-wfcc-g829): llama-cpp-python rendered the GGUF chat template in an
-# unsandboxed jinja2.Environment; the advisory's proof of concept, with `true` as the command.
-CVE_2024_34359 = (
-    "{% for x in ().__class__.__base__.__subclasses__() %}{% if \"warning\" in x.__name__ %}"
-    "{{x()._module.__builtins__['__import__']('os').popen(\"true\")}}{%endif%}{% endfor %}"
-)
+#: wall-time ceiling of one scan (generous): hostile input must end in bounded time
+CEILING_S = 10
 
 
-def _scan(path: Path, config: ScanConfig | None = None) -> Any:
-    start = time.perf_counter()
-    report = scan_paths([str(path)], config or ScanConfig())
-    assert time.perf_counter() - start < 10, "hostile input must end in bounded time"
-    assert report.errors == []
-    return report
-
-
-def _rules(report: Any) -> list[str]:
-    return [f.rule_id for f in report.findings]
-
-
-def _write(path: Path, template: str | None = LLAMA3_TEMPLATE, *, big_endian: bool = False,
+def _write(path: Path, template: str | None = LLAMA3, *, big_endian: bool = False,
            extra: dict[str, str] | None = None, vocab: int = 64) -> Path:
     endian = gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE
     w = gguf.GGUFWriter(str(path), "llama", endianess=endian)
@@ -141,14 +118,14 @@ def test_type_table_matches_gguf_py() -> None:
 
 
 def test_writer_file_with_real_metadata_scans_clean(tmp_path: Path) -> None:
-    report = _scan(_write(tmp_path / "tiny.gguf", vocab=5000))
+    report = scan(_write(tmp_path / "tiny.gguf", vocab=5000), bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].status is FileStatus.SCANNED
     assert report.files[0].formats == ["gguf"]
 
 
 def test_big_endian_writer_file_scans_clean(tmp_path: Path) -> None:
-    report = _scan(_write(tmp_path / "be.gguf", big_endian=True))
+    report = scan(_write(tmp_path / "be.gguf", big_endian=True), bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].formats == ["gguf"]
 
@@ -157,26 +134,27 @@ def test_vocab_only_file_scans_clean(tmp_path: Path) -> None:
     p = tmp_path / "vocab.gguf"
     w = gguf.GGUFWriter(str(p), "llama")
     w.add_token_list(["a", "b"])
-    w.add_chat_template(LLAMA3_TEMPLATE)
+    w.add_chat_template(LLAMA3)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.close()
-    assert _scan(p).findings == []
+    assert scan(p, bounded_seconds=CEILING_S).findings == []
 
 
 def test_gzip_wrapped_gguf_is_streamed(tmp_path: Path) -> None:
     raw = _write(tmp_path / "a.gguf").read_bytes()
-    assert _scan(_file(tmp_path, gzip.compress(raw), "a.gguf.gz")).findings == []
+    clean = scan(_file(tmp_path, gzip.compress(raw), "a.gguf.gz"), bounded_seconds=CEILING_S)
+    assert clean.findings == []
     hostile = _write(tmp_path / "b.gguf", CVE_2024_34359).read_bytes()
-    report = _scan(_file(tmp_path, gzip.compress(hostile), "b.gguf.gz"))
-    assert _rules(report) == ["TG-TPL-001"]
+    report = scan(_file(tmp_path, gzip.compress(hostile), "b.gguf.gz"), bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-TPL-001"]
 
 
 # ------------------------------------------------------------------------- chat templates
 def test_cve_2024_34359_template_in_gguf_metadata(tmp_path: Path) -> None:
     """CVE-2024-34359: SSTI through tokenizer.chat_template in GGUF metadata."""
-    report = _scan(_write(tmp_path / "evil.gguf", CVE_2024_34359))
-    assert _rules(report) == ["TG-TPL-001"]
+    report = scan(_write(tmp_path / "evil.gguf", CVE_2024_34359), bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-TPL-001"]
     finding = report.findings[0]
     assert finding.severity.label == "critical"
     assert "tokenizer.chat_template" in finding.evidence
@@ -188,28 +166,29 @@ def test_named_chat_template_variant(tmp_path: Path) -> None:
     """llama.cpp also reads tokenizer.chat_template.<name> (e.g. tool_use, rag)."""
     p = _write(tmp_path / "named.gguf", extra={
         "tokenizer.chat_template.tool_use": "{{ cycler.__init__.__globals__.os.popen('true') }}"})
-    report = _scan(p)
-    assert _rules(report) == ["TG-TPL-001"]
+    report = scan(p, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-TPL-001"]
     assert "tokenizer.chat_template.tool_use" in report.findings[0].evidence
 
 
 def test_invalid_utf8_cannot_hide_a_dunder(tmp_path: Path) -> None:
     """A reader that drops invalid bytes joins '__cl\\xffass__' into '__class__'."""
     data = _gguf([_kv_string("tokenizer.chat_template", b"{{ ()|attr('__cl\xffass__') }}")])
-    assert _rules(_scan(_file(tmp_path, data))) == ["TG-TPL-001"]
+    assert rule_ids(scan(_file(tmp_path, data), bounded_seconds=CEILING_S)) == ["TG-TPL-001"]
 
 
 def test_gguf_v1_template_is_checked(tmp_path: Path) -> None:
     """GGUF v1 uses 32-bit lengths and counts."""
     data = _gguf([_kv_string("tokenizer.chat_template", CVE_2024_34359, wide=False)], version=1)
-    assert _rules(_scan(_file(tmp_path, data))) == ["TG-TPL-001"]
+    assert rule_ids(scan(_file(tmp_path, data), bounded_seconds=CEILING_S)) == ["TG-TPL-001"]
 
 
 def test_duplicate_template_key_checks_both_values(tmp_path: Path) -> None:
     """Readers disagree on which duplicate wins; gguf.cpp refuses the file."""
-    data = _gguf([_kv_string("tokenizer.chat_template", LLAMA3_TEMPLATE),
+    data = _gguf([_kv_string("tokenizer.chat_template", LLAMA3),
                   _kv_string("tokenizer.chat_template", CVE_2024_34359)])
-    assert sorted(_rules(_scan(_file(tmp_path, data)))) == ["TG-FMT-001", "TG-TPL-001"]
+    report = scan(_file(tmp_path, data), bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-FMT-001", "TG-TPL-001"]
 
 
 # ----------------------------------------------------------------------------------- hostile
@@ -251,8 +230,8 @@ HOSTILE: dict[str, bytes] = {
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_gguf_is_a_finding(tmp_path: Path, case: str) -> None:
-    report = _scan(_file(tmp_path, HOSTILE[case]))
-    assert _rules(report) == ["TG-FMT-001"], [f.evidence for f in report.findings]
+    report = scan(_file(tmp_path, HOSTILE[case]), bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-FMT-001"], [f.evidence for f in report.findings]
 
 
 def test_every_truncation_of_a_real_file_is_a_finding(tmp_path: Path) -> None:
@@ -265,21 +244,22 @@ def test_every_truncation_of_a_real_file_is_a_finding(tmp_path: Path) -> None:
     for cut in cuts:
         target.write_bytes(raw[:cut])
         report = scan_paths([str(target)], ScanConfig())
-        assert _rules(report) == ["TG-FMT-001"], (cut, [f.evidence for f in report.findings])
+        assert rule_ids(report) == ["TG-FMT-001"], (cut, [f.evidence for f in report.findings])
     assert time.perf_counter() - start < 60
 
 
 def test_metadata_larger_than_configured_limit(tmp_path: Path) -> None:
     p = _write(tmp_path / "big.gguf", vocab=20_000)
-    report = _scan(p, ScanConfig(limits=Limits(max_header_bytes=64 << 10)))
-    assert _rules(report) == ["TG-LIM-001"]
+    report = scan(p, config=ScanConfig(limits=Limits(max_header_bytes=64 << 10)),
+                  bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-LIM-001"]
 
 
 def test_huge_counts_in_a_stream_are_bounded(tmp_path: Path) -> None:
     """Inside gzip the size is unknown; the metadata limit still bounds the work."""
     data = gzip.compress(HOSTILE["huge string array count"])
-    report = _scan(_file(tmp_path, data, "m.gguf.gz"))
-    assert _rules(report) == ["TG-LIM-001"]
+    report = scan(_file(tmp_path, data, "m.gguf.gz"), bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-LIM-001"]
 
 
 # ------------------------------------------------------------------------------- property test
@@ -289,9 +269,6 @@ def test_mutated_files_never_crash_and_agree_with_gguf_py(tmp_path: Path) -> Non
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from trainguard.scan.context import Blob, ScanContext
-    from trainguard.scan.policy import Policy
-
     base = _write(tmp_path / "base.gguf", vocab=4).read_bytes()
     meta_end = len(base) - 2048  # edits land in the metadata and tensor table, mostly
     target = tmp_path / "fuzz.gguf"
@@ -300,16 +277,12 @@ def test_mutated_files_never_crash_and_agree_with_gguf_py(tmp_path: Path) -> Non
     @given(st.lists(st.tuples(st.integers(4, max(5, meta_end)), st.integers(0, 255)),
                     min_size=1, max_size=6))
     def check(edits: list[tuple[int, int]]) -> None:
-        data = bytearray(base)
-        for pos, value in edits:
-            data[pos] = value
-        raw = bytes(data)
-        ctx = ScanContext(ScanConfig(), Policy(()), "fuzz.gguf")
-        ctx.scan(Blob.from_bytes("fuzz.gguf", None, raw), 0)
+        raw = with_edits(base, edits)
+        _, findings = scan_bytes("fuzz.gguf", raw)
         target.write_bytes(raw)
         try:
             gguf.GGUFReader(str(target))
         except Exception:
-            assert ctx.findings, raw[:64]
+            assert findings, raw[:64]
 
     check()

@@ -36,6 +36,7 @@ from fixtures.hostile import (
     MiB,
     ZipMember,
     build_zip,
+    byte_mutants,
     deflate_prefixed_zeros,
     fifield_bomb,
     gzip_wrap,
@@ -49,6 +50,7 @@ from fixtures.hostile import (
     tar_header,
     zip64_declaring,
 )
+from fixtures.payloads import seven_zip
 from trainguard.core.config import Limits, ScanConfig
 from trainguard.core.render import OutputFormat, render
 from trainguard.scan.engine import scan_paths
@@ -359,12 +361,8 @@ def test_gzip_bomb(tmp_path: Path, wrapper: str) -> None:
 
 
 def _seven_zip(members: dict[str, bytes]) -> bytes:
-    py7zr = pytest.importorskip("py7zr")
-    buf = io.BytesIO()
-    with py7zr.SevenZipFile(buf, "w") as z:
-        for name, data in members.items():
-            z.writestr(data, name)
-    return buf.getvalue()
+    pytest.importorskip("py7zr")
+    return seven_zip(members)
 
 
 def test_7z_bomb(tmp_path: Path) -> None:
@@ -377,13 +375,7 @@ def test_7z_bomb(tmp_path: Path) -> None:
 
 def test_7z_truncated_and_mutated(tmp_path: Path) -> None:
     data = _seven_zip({"a.pkl": P2 + OS_SYSTEM + b".", "b.pkl": pickle.dumps(_rich_object(), 4)})
-    rng = random.Random(7)
-    cases = [data[:cut] for cut in _cuts(len(data), 6)]
-    for _ in range(150):
-        m = bytearray(data)
-        for _ in range(rng.randint(1, 3)):
-            m[rng.randrange(len(m))] = rng.randrange(256)
-        cases.append(bytes(m))
+    cases = [data[:cut] for cut in _cuts(len(data), 6)] + byte_mutants(data, 7, 150, 3)
     for blob in cases:
         out = scan_data(tmp_path, blob, label="7z-mutated")
         if out.status == "scanned":  # (a damaged signature is just not a 7z file any more)

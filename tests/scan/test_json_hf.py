@@ -10,33 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fixtures.scanning import rule_ids, scan
 from trainguard.core.config import Limits, ScanConfig
 from trainguard.core.report import FileStatus
 from trainguard.scan.analyzers import jsonfiles
-from trainguard.scan.engine import scan_paths
 
 BENIGN_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 # CVE-2024-34359-style payload (server-side template injection); harmless command.
 HOSTILE_TEMPLATE = "{{ lipsum.__globals__['os'].popen('true').read() }}"
+#: wall-time ceiling of one scan (generous): a folder scan must end in bounded time
+CEILING_S = 30
 MODELING_PY = "# custom model code that trust_remote_code=True would import\nimport torch\n"
-
-
-def _scan(*paths: Path, config: ScanConfig | None = None) -> Any:
-    start = time.perf_counter()
-    report = scan_paths([str(p) for p in paths], config or ScanConfig())
-    assert time.perf_counter() - start < 30
-    assert report.errors == []
-    return report
-
-
-def _rules(report: Any) -> list[str]:
-    return sorted(f.rule_id for f in report.findings)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +62,7 @@ def hf_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------- transformers folders
 def test_plain_save_pretrained_folder_is_clean(hf_folders: dict[str, Path]) -> None:
-    report = _scan(hf_folders["plain"])
+    report = scan(hf_folders["plain"], bounded_seconds=CEILING_S)
     assert report.findings == []
     config = next(fr for fr in report.files if fr.path.endswith("config.json"))
     assert config.status is FileStatus.SCANNED
@@ -82,8 +71,8 @@ def test_plain_save_pretrained_folder_is_clean(hf_folders: dict[str, Path]) -> N
 
 def test_auto_map_and_custom_code_folder(hf_folders: dict[str, Path]) -> None:
     folder = hf_folders["custom"]
-    report = _scan(folder)
-    assert _rules(report) == ["TG-HF-001", "TG-HF-001"]
+    report = scan(folder, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-HF-001", "TG-HF-001"]
     by_path = {f.location.path: f for f in report.findings}
     auto_map = by_path[str(folder / "config.json")]
     assert "AutoConfig -> configuration_tiny.TinyConfig" in auto_map.evidence
@@ -96,13 +85,13 @@ def test_auto_map_and_custom_code_folder(hf_folders: dict[str, Path]) -> None:
 def test_transformers_chat_template_file_benign(hf_folders: dict[str, Path]) -> None:
     folder = hf_folders["tok_benign"]
     assert (folder / "chat_template.jinja").is_file()
-    assert _scan(folder).findings == []
+    assert scan(folder, bounded_seconds=CEILING_S).findings == []
 
 
 def test_transformers_chat_template_file_hostile(hf_folders: dict[str, Path]) -> None:
     folder = hf_folders["tok_hostile"]
-    report = _scan(folder)
-    assert _rules(report) == ["TG-TPL-001"]
+    report = scan(folder, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-TPL-001"]
     assert report.findings[0].location.path == str(folder / "chat_template.jinja")
 
 
@@ -112,8 +101,8 @@ def test_additional_chat_templates_dir(tmp_path: Path) -> None:
     (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "X"}))
     (d / "additional_chat_templates" / "tool_use.jinja").write_text(HOSTILE_TEMPLATE)
     (d / "additional_chat_templates" / "rag.jinja").write_text(BENIGN_TEMPLATE)
-    report = _scan(d)
-    assert _rules(report) == ["TG-TPL-001"]
+    report = scan(d, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-TPL-001"]
     assert report.findings[0].location.path.endswith("tool_use.jinja")
 
 
@@ -128,8 +117,8 @@ def test_remote_repo_reference_in_auto_map(tmp_path: Path) -> None:
     p = _json(tmp_path, "config.json", {
         "model_type": "x", "auto_map": {"AutoModel": "evil-org/payload--modeling_x.XModel",
                                         "AutoTokenizer": ["tokenization_x.XTok", None]}})
-    report = _scan(p)
-    assert _rules(report) == ["TG-HF-001"]
+    report = scan(p, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-HF-001"]
     evidence = report.findings[0].evidence
     assert "evil-org/payload" in evidence
     assert "tokenization_x.XTok" in evidence
@@ -138,20 +127,20 @@ def test_remote_repo_reference_in_auto_map(tmp_path: Path) -> None:
 def test_custom_pipelines(tmp_path: Path) -> None:
     p = _json(tmp_path, "config.json", {"model_type": "x", "custom_pipelines": {
         "pair-classification": {"impl": "custom_pipeline.PairClassificationPipeline"}}})
-    report = _scan(p)
-    assert _rules(report) == ["TG-HF-001"]
+    report = scan(p, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-HF-001"]
     assert "custom_pipeline.PairClassificationPipeline" in report.findings[0].evidence
 
 
 def test_processor_chat_template_json(tmp_path: Path) -> None:
-    assert _scan(_json(tmp_path, "chat_template.json",
-                       {"chat_template": BENIGN_TEMPLATE})).findings == []
-    assert _rules(_scan(_json(tmp_path, "chat_template.json",
-                              {"chat_template": HOSTILE_TEMPLATE}))) == ["TG-TPL-001"]
+    benign = _json(tmp_path, "chat_template.json", {"chat_template": BENIGN_TEMPLATE})
+    assert scan(benign, bounded_seconds=CEILING_S).findings == []
+    hostile = _json(tmp_path, "chat_template.json", {"chat_template": HOSTILE_TEMPLATE})
+    assert rule_ids(scan(hostile, bounded_seconds=CEILING_S)) == ["TG-TPL-001"]
 
 
 def test_other_json_is_skipped(tmp_path: Path) -> None:
-    report = _scan(_json(tmp_path, "vocab.json", {"a": 1, "b": 2}))
+    report = scan(_json(tmp_path, "vocab.json", {"a": 1, "b": 2}), bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].status is FileStatus.SKIPPED
 
@@ -159,7 +148,7 @@ def test_other_json_is_skipped(tmp_path: Path) -> None:
 def test_text_that_starts_like_json_is_skipped(tmp_path: Path) -> None:
     p = tmp_path / "template.j2"
     p.write_text("{% for m in messages %}{{ m }}{% endfor %}")
-    report = _scan(p)
+    report = scan(p, bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].status is FileStatus.SKIPPED
 
@@ -167,15 +156,16 @@ def test_text_that_starts_like_json_is_skipped(tmp_path: Path) -> None:
 def test_100k_deep_nesting_is_a_finding(tmp_path: Path) -> None:
     p = tmp_path / "config.json"
     p.write_text('{"auto_map": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    report = _scan(p)
-    assert _rules(report) == ["TG-LIM-001"]
+    report = scan(p, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-LIM-001"]
 
 
 def test_json_over_the_size_limit(tmp_path: Path) -> None:
     p = _json(tmp_path, "config.json", {"model_type": "x", "pad": "x" * 5000,
                                         "auto_map": {"AutoModel": "modeling_x.X"}})
-    report = _scan(p, config=ScanConfig(limits=Limits(max_header_bytes=1024)))
-    assert _rules(report) == ["TG-LIM-001"]
+    report = scan(p, config=ScanConfig(limits=Limits(max_header_bytes=1024)),
+                  bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-LIM-001"]
 
 
 def test_keras_checker_is_called_when_present(tmp_path: Path,
@@ -189,7 +179,7 @@ def test_keras_checker_is_called_when_present(tmp_path: Path,
 
     monkeypatch.setattr(jsonfiles, "_keras_check", lambda: check)
     keras_doc = {"module": "keras", "class_name": "Functional", "config": {}}
-    report = _scan(_json(tmp_path, "config.json", keras_doc))
+    report = scan(_json(tmp_path, "config.json", keras_doc), bounded_seconds=CEILING_S)
     assert seen == [keras_doc]
     assert report.files[0].status is FileStatus.SCANNED
 
@@ -221,8 +211,8 @@ def _cache(root: Path) -> tuple[Path, Path]:
 def test_hf_cache_layout(tmp_path: Path, target: str) -> None:
     repo, snap = _cache(tmp_path)
     path = {"hub": repo.parent, "repo": repo, "snapshot": snap}[target]
-    report = _scan(path)
-    assert _rules(report) == ["TG-HF-001", "TG-HF-001", "TG-TPL-001"]
+    report = scan(path, bounded_seconds=CEILING_S)
+    assert rule_ids(report) == ["TG-HF-001", "TG-HF-001", "TG-TPL-001"]
     folder = next(f for f in report.findings if f.location.path == str(snap))
     assert folder.details["files"] == ["modeling_tiny.py"]
     template = next(f for f in report.findings if f.rule_id == "TG-TPL-001")
@@ -239,8 +229,8 @@ def test_hf_cache_link_leaving_the_repo(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere.py"
     outside.write_text(MODELING_PY)
     os.symlink(os.path.relpath(outside, snap), snap / "modeling_extra.py")
-    report = _scan(snap)
-    assert "TG-FS-001" in _rules(report)
+    report = scan(snap, bounded_seconds=CEILING_S)
+    assert "TG-FS-001" in rule_ids(report)
     folder = next(f for f in report.findings if f.location.path == str(snap)
                   and f.rule_id == "TG-HF-001")
     assert folder.details["files"] == ["modeling_tiny.py"]
@@ -249,7 +239,7 @@ def test_hf_cache_link_leaving_the_repo(tmp_path: Path) -> None:
 def test_python_files_without_a_model_config_are_not_reported(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(MODELING_PY)
     (tmp_path / "data.json").write_text("{}")
-    assert _scan(tmp_path).findings == []
+    assert scan(tmp_path, bounded_seconds=CEILING_S).findings == []
 
 
 def test_big_json_with_an_escaped_key_is_still_parsed(tmp_path: Path) -> None:
@@ -259,10 +249,10 @@ def test_big_json_with_an_escaped_key_is_still_parsed(tmp_path: Path) -> None:
     p.write_text('{"model_type": "x", "auto\\u005fmap": {"AutoModel": "modeling_x.X"}, "pad": '
                  + json.dumps(pad) + "}")
     assert p.stat().st_size > 1 << 20
-    assert _rules(_scan(p)) == ["TG-HF-001"]
+    assert rule_ids(scan(p, bounded_seconds=CEILING_S)) == ["TG-HF-001"]
     plain = _json(tmp_path, "tokenizer.json", {"model": {"vocab": pad}})
     assert plain.stat().st_size > 1 << 20
-    report = _scan(plain)
+    report = scan(plain, bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].status is FileStatus.SKIPPED
 
@@ -270,6 +260,7 @@ def test_big_json_with_an_escaped_key_is_still_parsed(tmp_path: Path) -> None:
 def test_json_over_the_size_limit_without_wanted_keys_is_skipped(tmp_path: Path) -> None:
     """A big JSON document that cannot hold auto_map/chat_template is data, not a finding."""
     p = _json(tmp_path, "dump.json", {"rows": ["x" * 100] * 100})
-    report = _scan(p, config=ScanConfig(limits=Limits(max_header_bytes=1024)))
+    report = scan(p, config=ScanConfig(limits=Limits(max_header_bytes=1024)),
+                  bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].status is FileStatus.SKIPPED

@@ -14,7 +14,6 @@ import marshal
 import os
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,31 +22,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fixtures.scanning import only, rule_ids, scan
 from trainguard.core.config import Limits, ScanConfig
-from trainguard.core.findings import Finding, Severity
-from trainguard.core.report import Report
+from trainguard.core.findings import Severity
 from trainguard.scan.analyzers.keras import iter_json_objects
 from trainguard.scan.engine import scan_paths
 
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere in this process
 h5py = pytest.importorskip("h5py")
 np = pytest.importorskip("numpy")
-
-
-def _scan(path: Path, config: ScanConfig | None = None) -> Report:
-    report = scan_paths([str(path)], config or ScanConfig())
-    assert not report.errors, report.errors
-    return report
-
-
-def _rules(report: Report) -> list[str]:
-    return sorted(f.rule_id for f in report.findings)
-
-
-def _only(report: Report, rule_id: str) -> Finding:
-    hits = [f for f in report.findings if f.rule_id == rule_id]
-    assert len(hits) == 1, [(f.rule_id, f.evidence) for f in report.findings]
-    return hits[0]
 
 
 def _payload(x: Any) -> Any:  # pragma: no cover - compiled for its bytecode, never called
@@ -130,7 +113,7 @@ def _add_layer(config: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["functional.keras", "sequential.keras", "functional.h5",
                                   "sequential.h5", "functional.weights.h5"])
 def test_benign_keras_saves_pass(saved: dict[str, Path], name: str) -> None:
-    report = _scan(saved[name])
+    report = scan(saved[name])
     assert report.findings == []
     formats = report.files[0].formats
     assert "hdf5" in formats
@@ -144,7 +127,7 @@ def test_plain_hdf5_data_is_recognised_without_finding(tmp_path: Path) -> None:
         f.create_dataset("x", data=np.arange(1000, dtype=np.float32))
         f.attrs["note"] = "plain data, not a model"
         f.attrs["meta"] = json.dumps({"source": "sensor", "units": "m"})
-    report = _scan(p)
+    report = scan(p)
     assert report.findings == []
     assert report.files[0].formats == ["hdf5"]
 
@@ -152,7 +135,7 @@ def test_plain_hdf5_data_is_recognised_without_finding(tmp_path: Path) -> None:
 @pytest.mark.torch
 def test_lambda_in_keras_zip(saved: dict[str, Path]) -> None:
     """CVE-2024-3660: Lambda bytecode in a .keras config runs when loaded with safe_mode=False."""
-    f = _only(_scan(saved["lambda.keras"]), "TG-KER-001")
+    f = only(scan(saved["lambda.keras"]), "TG-KER-001")
     assert f.severity == Severity.HIGH
     assert f.location.member == "config.json"
     assert "Lambda layer" in f.evidence
@@ -161,7 +144,7 @@ def test_lambda_in_keras_zip(saved: dict[str, Path]) -> None:
 @pytest.mark.torch
 def test_lambda_in_h5_is_critical(saved: dict[str, Path]) -> None:
     """CVE-2025-9905: .h5 models ignore safe_mode, so any Lambda bytecode runs on load."""
-    f = _only(_scan(saved["lambda.h5"]), "TG-KER-001")
+    f = only(scan(saved["lambda.h5"]), "TG-KER-001")
     assert f.severity == Severity.CRITICAL
     assert "CVE-2025-9905" in f.evidence
 
@@ -171,8 +154,8 @@ def test_lambda_payload_names_are_evidence(saved: dict[str, Path], tmp_path: Pat
     """CVE-2024-3660 (JFrog write-up): bytecode calling os.system, found without unmarshalling."""
     config = _keras_config(saved["lambda.keras"])
     config["config"]["layers"][-1]["config"]["function"]["config"]["code"] = _lambda_code()
-    f = _only(_scan(_rewrite_keras(saved["lambda.keras"], tmp_path / "evil.keras", config)),
-              "TG-KER-001")
+    f = only(scan(_rewrite_keras(saved["lambda.keras"], tmp_path / "evil.keras", config)),
+             "TG-KER-001")
     assert f.severity == Severity.CRITICAL  # names os/system raise it even under safe_mode
     assert "'system'" in f.evidence
     assert "'true'" in f.evidence
@@ -192,8 +175,8 @@ def test_keras2_lambda_bytecode_in_h5(saved: dict[str, Path], tmp_path: Path) ->
     closure] with function_type 'lambda'."""
     layer = _keras2_lambda([_lambda_code(), None, None], "lambda", "__main__")
     config = _add_layer(_h5_config(saved["sequential.h5"]), layer)
-    f = _only(_scan(_rewrite_h5(saved["sequential.h5"], tmp_path / "k2.h5", config)),
-              "TG-KER-001")
+    f = only(scan(_rewrite_h5(saved["sequential.h5"], tmp_path / "k2.h5", config)),
+             "TG-KER-001")
     assert f.severity == Severity.CRITICAL
     assert "'system'" in f.evidence
 
@@ -204,8 +187,8 @@ def test_keras2_named_function_lambda(saved: dict[str, Path], tmp_path: Path) ->
     ``module``: function='system', module='os' calls os.system on load."""
     config = _add_layer(_h5_config(saved["sequential.h5"]),
                         _keras2_lambda("system", "function", "os"))
-    report = _scan(_rewrite_h5(saved["sequential.h5"], tmp_path / "named.h5", config))
-    f = _only(report, "TG-KER-003")
+    report = scan(_rewrite_h5(saved["sequential.h5"], tmp_path / "named.h5", config))
+    f = only(report, "TG-KER-003")
     assert "os.system" in f.evidence
     assert f.severity == Severity.CRITICAL
 
@@ -222,8 +205,8 @@ def test_arbitrary_module_function_call(saved: dict[str, Path], tmp_path: Path) 
     other = {"module": "os", "class_name": "system", "config": {"name": "x"},
              "registered_name": None}
     config = _add_layer(_add_layer(_keras_config(saved["sequential.keras"]), layer), other)
-    report = _scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "1550.keras", config))
-    assert _rules(report) == ["TG-KER-003", "TG-KER-003"]
+    report = scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "1550.keras", config))
+    assert rule_ids(report) == ["TG-KER-003", "TG-KER-003"]
     evidence = " ".join(f.evidence for f in report.findings)
     assert "subprocess.check_output" in evidence
     assert "os.system" in evidence
@@ -247,8 +230,8 @@ def test_unsafe_keras_functions(saved: dict[str, Path], tmp_path: Path, module: 
                                        "config": name, "registered_name": "function"},
         "arguments": {}}, "registered_name": None}
     config = _add_layer(_keras_config(saved["sequential.keras"]), layer)
-    f = _only(_scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "u.keras", config)),
-              "TG-KER-003")
+    f = only(scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "u.keras", config)),
+             "TG-KER-003")
     assert f"{module}.{name}" in f.evidence
     assert f.severity == Severity.CRITICAL
 
@@ -261,8 +244,8 @@ def test_custom_objects_outside_keras(saved: dict[str, Path], tmp_path: Path) ->
     registered = {"module": None, "class_name": "Scaler", "config": {},
                   "registered_name": "Custom>Scaler"}
     config = _add_layer(_add_layer(_keras_config(saved["sequential.keras"]), custom), registered)
-    report = _scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "c.keras", config))
-    assert _rules(report) == ["TG-KER-002", "TG-KER-002"]
+    report = scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "c.keras", config))
+    assert rule_ids(report) == ["TG-KER-002", "TG-KER-002"]
     assert all(f.severity == Severity.MEDIUM for f in report.findings)
     evidence = " ".join(f.evidence for f in report.findings)
     assert "mylab.layers.FancyDense" in evidence
@@ -276,8 +259,8 @@ def test_rng_reseeding_function_is_sabotage(saved: dict[str, Path], tmp_path: Pa
         "name": "seed", "function": {"module": "keras.utils", "class_name": "function",
                                      "config": "set_random_seed"}}, "registered_name": None}
     config = _add_layer(_keras_config(saved["sequential.keras"]), layer)
-    report = _scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "s.keras", config))
-    assert _rules(report) == ["TG-SAB-001"]
+    report = scan(_rewrite_keras(saved["sequential.keras"], tmp_path / "s.keras", config))
+    assert rule_ids(report) == ["TG-SAB-001"]
 
 
 @pytest.mark.torch
@@ -287,7 +270,7 @@ def test_reordered_keys_and_whitespace_in_h5(saved: dict[str, Path], tmp_path: P
     config = _add_layer(_h5_config(saved["sequential.h5"]), layer)
     reordered = {"config": config["config"], "class_name": config["class_name"]}
     text = json.dumps(reordered, indent="\t").replace("{", "{ \n ")
-    f = _only(_scan(_rewrite_h5(saved["sequential.h5"], tmp_path / "ws.h5", text)), "TG-KER-001")
+    f = only(scan(_rewrite_h5(saved["sequential.h5"], tmp_path / "ws.h5", text)), "TG-KER-001")
     assert f.severity == Severity.CRITICAL
 
 
@@ -304,7 +287,7 @@ def test_config_written_after_large_weights(saved: dict[str, Path], tmp_path: Pa
         f.attrs["keras_version"] = "3.15.1"
         f.attrs["model_config"] = json.dumps(config)
     assert p.stat().st_size > 20 << 20
-    f = _only(_scan(p), "TG-KER-001")
+    f = only(scan(p), "TG-KER-001")
     assert f.location.offset is not None
     assert f.location.offset > 20 << 20
 
@@ -320,10 +303,9 @@ def test_json_fragment_flood_is_bounded(tmp_path: Path, body: bytes) -> None:
     end in a limit finding, in bounded time, instead of quadratic decoding."""
     p = tmp_path / "flood.h5"
     p.write_bytes(b"\x89HDF\r\n\x1a\n" + body)
-    start = time.perf_counter()
-    report = _scan(p, ScanConfig(limits=Limits(max_header_bytes=4 << 20)))
-    assert time.perf_counter() - start < 30
-    assert _rules(report) == ["TG-LIM-001"]
+    report = scan(p, config=ScanConfig(limits=Limits(max_header_bytes=4 << 20)),
+                  bounded_seconds=30)
+    assert rule_ids(report) == ["TG-LIM-001"]
 
 
 def test_iter_json_objects_across_chunk_boundaries() -> None:

@@ -16,29 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures.protobuf_writer import f_bytes, f_varint
+from fixtures.scanning import findings_of, rule_ids, scan, scan_bytes
 from trainguard.core.config import Limits, ScanConfig
-from trainguard.core.findings import Finding, Severity
-from trainguard.core.report import Report
+from trainguard.core.findings import Severity
 from trainguard.scan.analyzers.onnx import location_problem
-from trainguard.scan.engine import scan_paths
 
 onnx = pytest.importorskip("onnx")
 np = pytest.importorskip("numpy")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-
-def _scan(path: Path, config: ScanConfig | None = None) -> Report:
-    report = scan_paths([str(path)], config or ScanConfig())
-    assert not report.errors, report.errors
-    return report
-
-
-def _rules(report: Report) -> list[str]:
-    return sorted(f.rule_id for f in report.findings)
-
-
-def _findings(report: Report, rule_id: str) -> list[Finding]:
-    return [f for f in report.findings if f.rule_id == rule_id]
 
 
 def _weights(name: str = "W") -> TensorProto:
@@ -79,7 +64,7 @@ def test_benign_inline_model(tmp_path: Path) -> None:
     onnx.checker.check_model(model)
     p = tmp_path / "m.onnx"
     onnx.save_model(model, str(p))
-    report = _scan(p)
+    report = scan(p)
     assert report.findings == []
     assert report.files[0].formats == ["onnx", "protobuf"]
 
@@ -91,7 +76,7 @@ def test_benign_external_data(tmp_path: Path) -> None:
     onnx.save_model(_model(), str(p), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="m.onnx.data", size_threshold=0)
     assert b"m.onnx.data" in p.read_bytes()
-    report = _scan(p.parent)
+    report = scan(p.parent)
     assert report.findings == []
     assert "onnx" in next(f for f in report.files if f.path.endswith(".onnx")).formats
 
@@ -115,7 +100,7 @@ def test_benign_subgraphs_functions_and_ms_domain(tmp_path: Path) -> None:
     ]
     model = _model(nodes, [], [helper.make_opsetid("", 17), helper.make_opsetid("local.fns", 1),
                                helper.make_opsetid("com.microsoft", 1)], [fn])
-    report = _scan(_save(model, tmp_path / "sub.onnx"))
+    report = scan(_save(model, tmp_path / "sub.onnx"))
     assert report.findings == []
 
 
@@ -130,8 +115,8 @@ def test_external_data_escapes(tmp_path: Path, location: str) -> None:
     an absolute path, drive letter, UNC path or URL reads (or on save writes) files outside the
     model directory; CVE-2024-5187 is the same escape through onnx.hub's tar extraction."""
     model = _model(initializers=[_external(_weights(), location)])
-    report = _scan(_save(model, tmp_path / "evil.onnx"))
-    assert _rules(report) == ["TG-ONNX-001"]
+    report = scan(_save(model, tmp_path / "evil.onnx"))
+    assert rule_ids(report) == ["TG-ONNX-001"]
     f = report.findings[0]
     assert f.severity == Severity.HIGH
     assert repr(location[:200]) in f.evidence
@@ -156,9 +141,9 @@ def test_escape_hidden_in_nested_graphs(tmp_path: Path) -> None:
              const, helper.make_node("F", ["I"], ["Y"], domain="local.fns")]
     model = _model(nodes, [], [helper.make_opsetid("", 17), helper.make_opsetid("local.fns", 1)],
                    [fn])
-    report = _scan(_save(model, tmp_path / "nested.onnx"))
+    report = scan(_save(model, tmp_path / "nested.onnx"))
     evidence = " ".join(f.evidence for f in report.findings)
-    assert set(_rules(report)) == {"TG-ONNX-001"}
+    assert set(rule_ids(report)) == {"TG-ONNX-001"}
     for where in ("../in_branch.bin", "/abs/in_constant.bin", "../in_fn.bin"):
         assert where in evidence
 
@@ -170,9 +155,9 @@ def test_custom_domains_reported_once_each(tmp_path: Path) -> None:
              helper.make_node("Other", ["B"], ["Y"], domain="org.other")]
     model = _model(nodes, [], [helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1),
                                helper.make_opsetid("org.other", 1)])
-    report = _scan(_save(model, tmp_path / "custom.onnx"))
-    found = {f.details["domain"]: f for f in _findings(report, "TG-ONNX-002")}
-    assert _rules(report) == ["TG-ONNX-002", "TG-ONNX-002"]
+    report = scan(_save(model, tmp_path / "custom.onnx"))
+    found = {f.details["domain"]: f for f in findings_of(report, "TG-ONNX-002")}
+    assert rule_ids(report) == ["TG-ONNX-002", "TG-ONNX-002"]
     assert found["com.evil"].count == 2
     assert "EvilOp2" in found["com.evil"].evidence
     assert found["org.other"].severity == Severity.LOW
@@ -181,16 +166,16 @@ def test_custom_domains_reported_once_each(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- malformed
 def test_truncated_model_is_a_finding(tmp_path: Path) -> None:
     data = _model().SerializeToString()
-    report = _scan(_save_bytes(tmp_path / "cut.onnx", data[: len(data) * 2 // 3]))
-    assert _rules(report) == ["TG-FMT-001"]
+    report = scan(_save_bytes(tmp_path / "cut.onnx", data[: len(data) * 2 // 3]))
+    assert rule_ids(report) == ["TG-FMT-001"]
 
 
 def test_corrupt_nested_length_is_a_finding(tmp_path: Path) -> None:
     """A well-formed ModelProto header whose graph holds a field longer than the graph."""
     bad_graph = f_bytes(1, b"\x22\x7f" + b"x" * 4)  # node -> op_type of length 127 in 6 bytes
     data = f_varint(1, 8) + f_bytes(2, "x") + f_bytes(7, bad_graph)
-    report = _scan(_save_bytes(tmp_path / "bad.onnx", data))
-    assert _rules(report) == ["TG-FMT-001"]
+    report = scan(_save_bytes(tmp_path / "bad.onnx", data))
+    assert rule_ids(report) == ["TG-FMT-001"]
 
 
 def test_subgraph_nesting_beyond_protobuf_limit(tmp_path: Path) -> None:
@@ -201,8 +186,8 @@ def test_subgraph_nesting_beyond_protobuf_limit(tmp_path: Path) -> None:
         graph = f_bytes(1, f_bytes(4, "If") + f_bytes(5, f_bytes(1, "then_branch")
                                                      + f_bytes(6, graph)))
     data = f_varint(1, 8) + f_bytes(7, graph) + f_bytes(8, f_varint(2, 17))
-    report = _scan(_save_bytes(tmp_path / "deep.onnx", data))
-    assert _rules(report) == ["TG-FMT-001"]
+    report = scan(_save_bytes(tmp_path / "deep.onnx", data))
+    assert rule_ids(report) == ["TG-FMT-001"]
     assert "nested deeper" in report.findings[0].evidence
 
 
@@ -210,9 +195,9 @@ def test_structure_budget(tmp_path: Path) -> None:
     """Millions of tiny records cost bounded work: the parse stops at max_header_bytes."""
     nodes = b"".join(f_bytes(1, f_bytes(4, "Relu")) for _ in range(200_000))
     data = f_varint(1, 8) + f_bytes(7, nodes)
-    report = _scan(_save_bytes(tmp_path / "many.onnx", data),
-                   ScanConfig(limits=Limits(max_header_bytes=1 << 20)))
-    assert _rules(report) == ["TG-LIM-001"]
+    report = scan(_save_bytes(tmp_path / "many.onnx", data),
+                  config=ScanConfig(limits=Limits(max_header_bytes=1 << 20)))
+    assert rule_ids(report) == ["TG-LIM-001"]
 
 
 @pytest.mark.parametrize("data", [
@@ -222,7 +207,7 @@ def test_structure_budget(tmp_path: Path) -> None:
 ], ids=["text", "tensorproto-like", "unknown-message"])
 def test_other_protobuf_like_bytes_are_skipped(tmp_path: Path, data: bytes) -> None:
     """Bytes that merely start like protobuf and are not ONNX or TensorFlow are not claimed."""
-    report = _scan(_save_bytes(tmp_path / "x.bin", data))
+    report = scan(_save_bytes(tmp_path / "x.bin", data))
     assert report.findings == []
     assert report.files[0].status.value == "skipped"
 
@@ -230,7 +215,7 @@ def test_other_protobuf_like_bytes_are_skipped(tmp_path: Path, data: bytes) -> N
 def test_onnx_tensor_file_is_skipped(tmp_path: Path) -> None:
     """ONNX test-data files (a bare TensorProto, input_0.pb) are not models."""
     p = _save_bytes(tmp_path / "input_0.pb", _weights().SerializeToString())
-    report = _scan(p)
+    report = scan(p)
     assert report.findings == []
 
 
@@ -258,18 +243,6 @@ def _save_bytes(path: Path, data: bytes) -> Path:
 
 
 # ------------------------------------------------------------------------------ properties
-def _scan_bytes(data: bytes) -> list[Finding]:
-    from trainguard.scan.context import Blob, ScanContext
-    from trainguard.scan.policy import Policy
-
-    ctx = ScanContext(ScanConfig(limits=Limits(max_header_bytes=1 << 20)), Policy(), "f.onnx")
-    try:
-        ctx.scan(Blob.from_bytes("f.onnx", None, data), 0)
-    finally:
-        ctx.close()
-    return ctx.findings
-
-
 _VALID = _model(initializers=[_external(_weights(), "w.bin")]).SerializeToString()
 
 
@@ -278,8 +251,10 @@ _VALID = _model(initializers=[_external(_weights(), "w.bin")]).SerializeToString
 def test_any_bytes_end_cleanly(noise: bytes, cut: int, splice: bytes) -> None:
     """Random bytes and valid models with spliced garbage never crash the analyzer: they parse,
     are skipped, or end in a finding (never the context's 'internal error')."""
+    config = ScanConfig(limits=Limits(max_header_bytes=1 << 20))
     for data in (b"\x08\x08\x3a" + noise, _VALID[:cut] + splice + _VALID[cut:], noise):
-        for f in _scan_bytes(data):
+        _, findings = scan_bytes("f.onnx", data, config)
+        for f in findings:
             assert not f.evidence.startswith("internal error"), f.evidence
 
 

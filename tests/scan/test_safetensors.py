@@ -12,19 +12,21 @@ import gzip
 import io
 import json
 import struct
-import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import pytest
 
+from fixtures.scanning import scan, scan_bytes, with_edits
 from trainguard.artifacts.sniff import Format, sniff
 from trainguard.core.config import Limits, ScanConfig
 from trainguard.core.report import FileStatus
 from trainguard.scan.context import Blob, ScanContext
-from trainguard.scan.engine import scan_paths
 from trainguard.scan.policy import Policy
+
+#: wall-time ceiling of one scan (generous): hostile input must end in bounded time
+CEILING_S = 10
 
 F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 
@@ -38,14 +40,6 @@ def _file(tmp_path: Path, data: bytes, name: str = "m.safetensors") -> Path:
     p = tmp_path / name
     p.write_bytes(data)
     return p
-
-
-def _scan(path: Path, config: ScanConfig | None = None) -> Any:
-    start = time.perf_counter()
-    report = scan_paths([str(path)], config or ScanConfig())
-    assert time.perf_counter() - start < 10, "hostile input must end in bounded time"
-    assert report.errors == []
-    return report
 
 
 def _reference_refuses(data: bytes) -> bool:
@@ -72,7 +66,7 @@ def test_numpy_writer_scans_clean(tmp_path: Path) -> None:
     }
     p = tmp_path / "np.safetensors"
     save_file(tensors, str(p), metadata={"format": "np", "note": "x"})
-    report = _scan(p)
+    report = scan(p, bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].status is FileStatus.SCANNED
     assert "safetensors" in report.files[0].formats
@@ -82,7 +76,7 @@ def test_empty_file_from_writer_scans_clean(tmp_path: Path) -> None:
     from safetensors.numpy import save
 
     p = _file(tmp_path, save({}))
-    report = _scan(p)
+    report = scan(p, bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].formats == ["safetensors"]
 
@@ -99,7 +93,7 @@ def test_header_length_that_starts_like_a_pickle(tmp_path: Path, name_len: int) 
     assert data[0] == 0x80
     assert data[1] <= 5
     assert sniff(data[:4096], len(data)) is Format.SAFETENSORS
-    report = _scan(_file(tmp_path, data))
+    report = scan(_file(tmp_path, data), bounded_seconds=CEILING_S)
     assert report.findings == []
     assert report.files[0].formats == ["safetensors"]
 
@@ -117,7 +111,7 @@ def test_torch_writer_scans_clean(tmp_path: Path) -> None:
     }
     p = tmp_path / "pt.safetensors"
     save_file(tensors, str(p), metadata={"format": "pt"})
-    assert _scan(p).findings == []
+    assert scan(p, bounded_seconds=CEILING_S).findings == []
 
 
 def test_gzip_wrapped_safetensors_streams_header_only(tmp_path: Path) -> None:
@@ -125,7 +119,7 @@ def test_gzip_wrapped_safetensors_streams_header_only(tmp_path: Path) -> None:
 
     data = save({"w": np.arange(1000, dtype=np.float32)})
     p = _file(tmp_path, gzip.compress(data), "m.safetensors.gz")
-    report = _scan(p)
+    report = scan(p, bounded_seconds=CEILING_S)
     assert report.findings == []
     assert "safetensors" in report.files[0].formats
 
@@ -230,7 +224,7 @@ HOSTILE: dict[str, tuple[bytes, str | None, str]] = {
 def test_hostile_header_is_a_finding(tmp_path: Path, case: str) -> None:
     data, tensor, fragment = HOSTILE[case]
     assert _reference_refuses(data), "the reference loader accepts this file: not a bad header"
-    report = _scan(_file(tmp_path, data))
+    report = scan(_file(tmp_path, data), bounded_seconds=CEILING_S)
     assert report.findings, case
     assert {f.rule_id for f in report.findings} == {"TG-ST-001"}
     assert any(fragment in f.evidence for f in report.findings), [
@@ -258,7 +252,7 @@ def test_duplicate_tensor_name_is_flagged_though_the_reference_keeps_the_last(
     two = '{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
     data = _raw('{"w":' + one + ',"w":' + two + "}", b"\0" * 8)
     assert not _reference_refuses(data)
-    report = _scan(_file(tmp_path, data))
+    report = scan(_file(tmp_path, data), bounded_seconds=CEILING_S)
     assert [f.rule_id for f in report.findings] == ["TG-ST-001"]
     assert "duplicate key 'w'" in report.findings[0].evidence
 
@@ -269,7 +263,7 @@ def test_truncated_real_file(tmp_path: Path, cut: int) -> None:
 
     data = save({"weight": np.ones((4, 4), np.float32), "bias": np.ones(4, np.float32)})
     truncated = data[:cut] if cut < 100 else data[:-5]
-    report = _scan(_file(tmp_path, truncated))
+    report = scan(_file(tmp_path, truncated), bounded_seconds=CEILING_S)
     assert [f.rule_id for f in report.findings] == ["TG-ST-001"]
 
 
@@ -278,13 +272,14 @@ def test_header_larger_than_configured_limit(tmp_path: Path) -> None:
 
     data = save({f"t{i}": np.zeros(1, np.float32) for i in range(50)})
     config = ScanConfig(limits=Limits(max_header_bytes=256))
-    report = _scan(_file(tmp_path, data), config)
+    report = scan(_file(tmp_path, data), config=config, bounded_seconds=CEILING_S)
     assert [f.rule_id for f in report.findings] == ["TG-LIM-001"]
 
 
 def test_many_problems_are_capped(tmp_path: Path) -> None:
     header = {f"t{i}": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]} for i in range(200)}
-    report = _scan(_file(tmp_path, _raw(json.dumps(header), b"\0" * 8)))
+    data = _raw(json.dumps(header), b"\0" * 8)
+    report = scan(_file(tmp_path, data), bounded_seconds=CEILING_S)
     assert 1 < len(report.findings) <= 21
     assert report.findings[-1].count > 1
 
@@ -310,13 +305,9 @@ def test_mutated_files_never_crash_and_agree_with_the_reference() -> None:
     @settings(max_examples=300, deadline=None, database=None)
     @given(_EDITS)
     def check(edits: list[tuple[int, int]]) -> None:
-        data = bytearray(_BASE)
-        for pos, value in edits:
-            data[pos] = value
-        raw = bytes(data)
-        ctx = ScanContext(ScanConfig(), Policy(()), "fuzz.safetensors")
-        fmt = ctx.scan(Blob.from_bytes("fuzz.safetensors", None, raw), 0)
+        raw = with_edits(_BASE, edits)
+        fmt, findings = scan_bytes("fuzz.safetensors", raw)
         if sniff(raw[:4096], len(raw)) is Format.SAFETENSORS and _reference_refuses(raw):
-            assert ctx.findings, (raw[:120], fmt)
+            assert findings, (raw[:120], fmt)
 
     check()

@@ -15,18 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.chat_templates import CVE_2024_34359, LLAMA3
+from fixtures.scanning import scan
 from trainguard.core.findings import Severity
 from trainguard.scan.analyzers.templates import MAX_TEMPLATE_CHARS, inspect_template
 from trainguard.scan.engine import scan_paths
-
-LLAMA3 = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}"
-)
 
 LLAMA31 = """{{- bos_token }}
 {%- if custom_tools is defined %}
@@ -231,13 +224,6 @@ FEATURES = """{%- set today = strftime_now("%Y-%m-%d") %}
 BENIGN = {"llama3": LLAMA3, "llama3.1": LLAMA31, "mistral": MISTRAL, "qwen2.5": QWEN25,
           "gemma": GEMMA, "features": FEATURES}
 
-# CVE-2024-34359 (GHSA-56xg-wfcc-g829), llama-cpp-python: the proof-of-concept chat template from
-# the advisory, with its shell command replaced by `true`.
-CVE_2024_34359 = (
-    "{% for x in ().__class__.__base__.__subclasses__() %}{% if \"warning\" in x.__name__ %}"
-    "{{x()._module.__builtins__['__import__']('os').popen(\"true\")}}{%endif%}{% endfor %}"
-)
-
 HOSTILE = {
     "cve-2024-34359": CVE_2024_34359,
     "subclasses walk": "{{ ().__class__.__base__.__subclasses__() }}",
@@ -285,10 +271,7 @@ def _scan_template(tmp_path: Path, template: str | list[dict[str, str]]) -> list
     d.mkdir(exist_ok=True)
     (d / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template}))
-    start = time.perf_counter()
-    report = scan_paths([str(d / "tokenizer_config.json")])
-    assert time.perf_counter() - start < 10
-    assert report.errors == []
+    report = scan(d / "tokenizer_config.json", bounded_seconds=10)
     assert report.files[0].formats == ["json"]
     return [(f.rule_id, f.severity.label) for f in report.findings]
 

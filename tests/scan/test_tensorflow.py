@@ -26,18 +26,12 @@ from fixtures.protobuf_writer import (
     node,
     saved_model,
 )
+from fixtures.scanning import scan, scan_bytes
 from trainguard.core.config import Limits, ScanConfig
 from trainguard.core.findings import Finding, Severity
 from trainguard.core.report import Report
-from trainguard.scan.engine import scan_paths
 
 DT_FLOAT, DT_STRING = 1, 7
-
-
-def _scan(path: Path, config: ScanConfig | None = None) -> Report:
-    report = scan_paths([str(path)], config or ScanConfig())
-    assert not report.errors, report.errors
-    return report
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -84,7 +78,7 @@ def test_benign_tf2_saved_model(tmp_path: Path) -> None:
                                node("StatefulPartitionedCall_1", "StatefulPartitionedCall")]
     graph = graph_def(nodes, _tf2_saver())
     p = _write(tmp_path / "sm" / "saved_model.pb", saved_model(graph))
-    report = _scan(p.parent)
+    report = scan(p.parent)
     assert report.findings == []
     assert next(f for f in report.files if f.path.endswith(".pb")).formats == [
         "savedmodel", "protobuf"]
@@ -99,7 +93,7 @@ def test_benign_tf1_saver_scope(tmp_path: Path) -> None:
         node("save_1/MergeV2Checkpoints", "MergeV2Checkpoints"),
     ]
     p = _write(tmp_path / "saved_model.pb", saved_model(graph_def(nodes)))
-    assert _scan(p).findings == []
+    assert scan(p).findings == []
 
 
 def test_file_and_python_ops(tmp_path: Path) -> None:
@@ -116,7 +110,7 @@ def test_file_and_python_ops(tmp_path: Path) -> None:
         node("epy", "EagerPyFunc", ["x"]),
     ])]
     p = _write(tmp_path / "saved_model.pb", saved_model(graph_def(nodes, lib)))
-    found = _by_op(_scan(p))
+    found = _by_op(scan(p))
     assert set(found) == {"ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "EagerPyFunc"}
     assert found["PyFunc"].severity == Severity.CRITICAL
     assert "__inference_payload_7/py" in found["PyFunc"].evidence
@@ -130,7 +124,7 @@ def test_checkpoint_ops_outside_the_saver(tmp_path: Path) -> None:
     lib = _tf2_saver() + [function("__inference_serve_9", [node("s", "SaveV2", ["p"])])]
     nodes = _benign_graph() + [node("r", "RestoreV2", ["p"])]
     p = _write(tmp_path / "saved_model.pb", saved_model(graph_def(nodes, lib)))
-    found = _by_op(_scan(p))
+    found = _by_op(scan(p))
     assert set(found) == {"SaveV2", "RestoreV2"}
     assert "__inference_serve_9/s" in found["SaveV2"].evidence
 
@@ -143,7 +137,7 @@ def test_attribute_driven_ops(tmp_path: Path) -> None:
         node("ok", "DebugIdentity", ["x"], {"debug_urls": attr_list_s([])}),
     ]
     p = _write(tmp_path / "saved_model.pb", saved_model(graph_def(nodes)))
-    found = _by_op(_scan(p))
+    found = _by_op(scan(p))
     assert set(found) == {"PrintV2", "DebugIdentity"}
     assert found["DebugIdentity"].count == 1
 
@@ -151,7 +145,7 @@ def test_attribute_driven_ops(tmp_path: Path) -> None:
 def test_frozen_graph_def(tmp_path: Path) -> None:
     """A TF1 frozen GraphDef (.pb) is recognised by structure and checked the same way."""
     p = _write(tmp_path / "frozen.pb", graph_def(_benign_graph() + [node("rf", "ReadFile", ["x"])]))
-    report = _scan(p)
+    report = scan(p)
     assert set(_by_op(report)) == {"ReadFile"}
     assert report.files[0].formats == ["graphdef", "protobuf"]
 
@@ -164,7 +158,7 @@ def test_keras_metadata_lambda(tmp_path: Path) -> None:
     dense = {"name": "dense", "class_name": "Dense", "config": {"units": 2}}
     data = keras_metadata([("root.layer-0", "_tf_keras_layer", json.dumps(dense)),
                            ("root.layer-1", "_tf_keras_layer", json.dumps(layer))])
-    report = _scan(_write(tmp_path / "keras_metadata.pb", data))
+    report = scan(_write(tmp_path / "keras_metadata.pb", data))
     assert [f.rule_id for f in report.findings] == ["TG-KER-001"]
     assert "keras-metadata" in report.files[0].formats
 
@@ -172,26 +166,26 @@ def test_keras_metadata_lambda(tmp_path: Path) -> None:
 def test_benign_keras_metadata(tmp_path: Path) -> None:
     dense = {"name": "dense", "class_name": "Dense", "config": {"units": 2}}
     data = keras_metadata([("root.layer-0", "_tf_keras_layer", json.dumps(dense))])
-    assert _scan(_write(tmp_path / "keras_metadata.pb", data)).findings == []
+    assert scan(_write(tmp_path / "keras_metadata.pb", data)).findings == []
 
 
 def test_truncated_saved_model(tmp_path: Path) -> None:
     data = saved_model(graph_def(_benign_graph(), _tf2_saver()))
-    report = _scan(_write(tmp_path / "saved_model.pb", data[: len(data) - 40]))
+    report = scan(_write(tmp_path / "saved_model.pb", data[: len(data) - 40]))
     assert [f.rule_id for f in report.findings] == ["TG-FMT-001"]
 
 
 def test_corrupt_node_is_a_finding(tmp_path: Path) -> None:
     """A SavedModel whose node holds a wire type 3 (group) record: malformed, not skipped."""
     graph = graph_def([node("a", "Add") + b"\x1b"])
-    report = _scan(_write(tmp_path / "saved_model.pb", saved_model(graph)))
+    report = scan(_write(tmp_path / "saved_model.pb", saved_model(graph)))
     assert [f.rule_id for f in report.findings] == ["TG-FMT-001"]
 
 
 def test_structure_budget(tmp_path: Path) -> None:
     graph = graph_def([node(f"n{i}", "Add") for i in range(100_000)])
-    report = _scan(_write(tmp_path / "saved_model.pb", saved_model(graph)),
-                   ScanConfig(limits=Limits(max_header_bytes=1 << 20)))
+    report = scan(_write(tmp_path / "saved_model.pb", saved_model(graph)),
+                  config=ScanConfig(limits=Limits(max_header_bytes=1 << 20)))
     assert [f.rule_id for f in report.findings] == ["TG-LIM-001"]
 
 
@@ -203,12 +197,7 @@ _VALID = saved_model(graph_def(_benign_graph() + [node("rf", "ReadFile", ["x"])]
 def test_spliced_saved_models_end_cleanly(cut: int, splice: bytes, drop: int) -> None:
     """Garbage spliced into (or bytes dropped from) a SavedModel: a finding, a skip or a clean
     parse, never an analyzer crash (the context's 'internal error')."""
-    from trainguard.scan.context import Blob, ScanContext
-    from trainguard.scan.policy import Policy
-
     data = _VALID[:cut] + splice + _VALID[cut + drop:]
-    ctx = ScanContext(ScanConfig(), Policy(), "saved_model.pb")
-    ctx.scan(Blob.from_bytes("saved_model.pb", None, data), 0)
-    ctx.close()
-    for f in ctx.findings:
+    _, findings = scan_bytes("saved_model.pb", data)
+    for f in findings:
         assert not f.evidence.startswith("internal error"), f.evidence
