@@ -7,15 +7,14 @@ of work, never in an out-of-memory kill.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
-import os
 import zlib
 from typing import Any, BinaryIO
 
+from trainguard.artifacts.windows import FdFile, SubFile
 from trainguard.core.errors import LimitExceeded, MalformedInput
+
+__all__ = ["Budget", "FdFile", "MissingCodec", "SubFile", "buffered", "open_compressed"]
 
 _CHUNK = 1 << 20
 
@@ -31,46 +30,6 @@ class Budget:
         self.used += n
         if self.used > self.limit:
             raise LimitExceeded("max_expanded_bytes", self.limit, "decompressed output too large")
-
-
-class SubFile(io.RawIOBase):
-    """A read-only, seekable window ``[start, start+length)`` of a seekable file."""
-
-    def __init__(self, f: BinaryIO, start: int, length: int) -> None:
-        super().__init__()
-        self._f = f
-        self._start = start
-        self._length = length
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_SET:
-            pos = offset
-        elif whence == os.SEEK_CUR:
-            pos = self._pos + offset
-        else:
-            pos = self._length + offset
-        self._pos = max(0, pos)
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self._length - self._pos)
-        if n <= 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
-        b[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 class _ZlibReader(io.RawIOBase):
@@ -148,7 +107,7 @@ class _CountingReader(io.RawIOBase):
             # read1: one step of the decompressor, so bytes decoded before a failure (a cut
             # trailer) reach the caller instead of vanishing with a buffered read's exception
             data = self._read1(len(b))
-        except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError, RuntimeError) as exc:
+        except _decompress_errors() as exc:  # evaluated only when something was raised
             # gzip raises BadGzipFile (OSError) and EOFError, bz2 OSError, lzma LZMAError, lz4
             # RuntimeError ("LZ4F_decompress failed"): all of them mean corrupt input.
             raise MalformedInput(f"corrupt {self._what} stream: {exc}", self._pos) from None
@@ -156,6 +115,12 @@ class _CountingReader(io.RawIOBase):
         b[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    import lzma  # imported late: most scans never decompress anything
+
+    return (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError, RuntimeError)
 
 
 def buffered(raw: io.RawIOBase) -> io.BufferedReader:
@@ -173,10 +138,16 @@ def open_compressed(src: BinaryIO, codec: str, budget: Budget) -> io.BufferedRea
     if codec == "zlib":
         return buffered(_ZlibReader(src, zlib.decompressobj(), budget, codec))
     if codec == "gzip":
+        import gzip
+
         return buffered(_CountingReader(gzip.GzipFile(fileobj=src, mode="rb"), budget, codec))
     if codec == "bz2":
+        import bz2
+
         return buffered(_CountingReader(bz2.BZ2File(src, mode="rb"), budget, codec))
     if codec == "xz":
+        import lzma
+
         return buffered(_CountingReader(lzma.LZMAFile(src, mode="rb"), budget, codec))
     if codec == "lz4":
         try:

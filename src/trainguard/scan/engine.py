@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from trainguard.artifacts.windows import FdFile
 from trainguard.core.config import ScanConfig
 from trainguard.core.errors import InputError
 from trainguard.core.findings import Finding, Location
@@ -157,37 +158,6 @@ def _walk(top: Path, errors: list[str]) -> Iterator[Path]:
                 yield d / name
 
 
-class _FdFile(io.RawIOBase):
-    """One open file descriptor read with pread: every reader has its own position, and the
-    file is never opened again by name (so it cannot be swapped for a FIFO mid-scan)."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = os.pread(self._fd, len(b), self._pos)
-        b[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
     | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
@@ -221,7 +191,7 @@ def scan_file(
         head = os.pread(fd, 4096, 0)
 
         def opener() -> BinaryIO:
-            return io.BufferedReader(_FdFile(fd, size))  # type: ignore[return-value]
+            return io.BufferedReader(FdFile(fd, size))  # type: ignore[return-value]
 
         blob = Blob(display, None, size, opener)
         ctx.scan(blob, 0, head)
