@@ -472,3 +472,19 @@ def test_module_entry_point(files: dict[str, Path]) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1
     assert "TG-PKL-001" in proc.stdout
+
+
+def test_an_internal_error_exits_2_not_1(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Exit 1 means "findings"; a crash in trainguard itself must never look like that."""
+    import trainguard.scan.engine as engine
+    from trainguard.cli.main import main
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(engine, "scan_paths", boom)
+    target = tmp_path / "x.pkl"
+    target.write_bytes(b"N.")
+    assert main(["scan", str(target)]) == 2
+    assert "internal error: RuntimeError: simulated bug" in capsys.readouterr().err

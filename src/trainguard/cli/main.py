@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.ERROR)
     except BrokenPipeError:
         return int(ExitCode.ERROR)
+    except Exception as exc:  # a bug in trainguard: never exit 1, which means "findings"
+        import traceback
+
+        traceback.print_exc()
+        click.echo(f"trainguard: internal error: {type(exc).__name__}: {exc}\n"
+                   "  hint: this is a bug in trainguard; please report it with the traceback",
+                   err=True)
+        return int(ExitCode.ERROR)
     return rv if isinstance(rv, int) else int(ExitCode.CLEAN)
 
 
