@@ -474,8 +474,9 @@ def test_module_entry_point(files: dict[str, Path]) -> None:
     assert "TG-PKL-001" in proc.stdout
 
 
-def test_an_internal_error_exits_2_not_1(monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_an_internal_error_exits_2_not_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """Exit 1 means "findings"; a crash in trainguard itself must never look like that."""
     import trainguard.scan.engine as engine
     from trainguard.cli.main import main
