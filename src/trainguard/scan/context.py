@@ -34,10 +34,18 @@ class Blob:
     #: proves to be one
     speculative: bool = False
 
+    def member_path(self, name: str) -> str:
+        """The member chain of something named ``name`` inside this blob."""
+        return f"{self.member}!/{name}" if self.member else name
+
     def child(self, name: str, size: int | None, opener: Callable[[], BinaryIO],
               seekable: bool = True, speculative: bool = False) -> Blob:
-        member = f"{self.member}!/{name}" if self.member else name
-        return Blob(self.path, member, size, opener, seekable, speculative)
+        return Blob(self.path, self.member_path(name), size, opener, seekable, speculative)
+
+    def child_bytes(self, name: str, data: bytes, speculative: bool = False) -> Blob:
+        """A member already read into memory (small archive members, byte strings in pickles)."""
+        return Blob(self.path, self.member_path(name), len(data), lambda: io.BytesIO(data),
+                    True, speculative)
 
     @classmethod
     def from_bytes(cls, path: str, member: str | None, data: bytes,

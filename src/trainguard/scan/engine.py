@@ -21,7 +21,6 @@ from typing import BinaryIO
 
 from trainguard.artifacts.windows import FdFile
 from trainguard.core.config import ScanConfig
-from trainguard.core.errors import InputError
 from trainguard.core.findings import Finding, Location
 from trainguard.core.report import FileResult, FileStatus, Report
 from trainguard.core.rules import rule
@@ -235,8 +234,6 @@ def scan_paths(
             report.findings.append(finding)
         if error is not None:
             report.errors.append(error)
-    if not work and not report.findings and not report.errors:
-        pass
     done = 0
 
     def collect(fr: FileResult, findings: list[Finding], error: str | None) -> None:
@@ -275,8 +272,3 @@ def scan_paths(
     report.findings.extend(check_directories([j.display for j in work], config))
     report.seconds = time.perf_counter() - start
     return report
-
-
-def require_targets(targets: Sequence[str]) -> None:
-    if not targets:
-        raise InputError("no path to scan", remedy="pass one or more files or directories")

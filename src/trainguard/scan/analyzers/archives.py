@@ -122,7 +122,7 @@ def _scan_member(ctx: ScanContext, blob: Blob, f: BinaryIO, e: ZipEntry, depth: 
                         f"says {e.usize}")
             if e.method in (0, 8) and zlib.crc32(data) != e.crc:
                 ctx.add("TG-ZIP-001", blob, f"{e.name}: CRC-32 mismatch (PyTorch ignores it)")
-            child = Blob.from_bytes(blob.path, _join(blob, e.name), data)
+            child = blob.child_bytes(e.name, data)
         else:
             def opener(e: ZipEntry = e) -> BinaryIO:
                 return open_member(f, e, ctx.budget)
@@ -136,10 +136,6 @@ def _scan_member(ctx: ScanContext, blob: Blob, f: BinaryIO, e: ZipEntry, depth: 
         ctx.add("TG-FMT-001", blob, f"{e.name}: {exc.message}")
         return
     ctx.scan(child, depth + 1)
-
-
-def _join(blob: Blob, name: str) -> str:
-    return f"{blob.member}!/{name}" if blob.member else name
 
 
 def analyze_tar(ctx: ScanContext, blob: Blob, depth: int, head: bytes) -> bool:
@@ -352,7 +348,7 @@ def _read_7z(ctx: ScanContext, blob: Blob, z: Any) -> dict[str, Blob]:
     """
     readall = getattr(z, "readall", None)
     if readall is not None:  # bounded by the declared-size check of the caller
-        return {name: Blob.from_bytes(blob.path, _join(blob, name), bio.read())
+        return {name: blob.child_bytes(name, bio.read())
                 for name, bio in (readall() or {}).items()}
     from py7zr.io import Py7zIO, WriterFactory
 
@@ -390,5 +386,5 @@ def _read_7z(ctx: ScanContext, blob: Blob, z: Any) -> dict[str, Blob]:
 
     factory = Factory()
     z.extractall(factory=factory)  # noqa: S202 - into the factory above, never to disk paths
-    return {name: ctx.spooled_blob(p.f, blob.path, _join(blob, name))
+    return {name: ctx.spooled_blob(p.f, blob.path, blob.member_path(name))
             for name, p in factory.products.items()}

@@ -186,16 +186,10 @@ def report_streams(ctx: ScanContext, blob: Blob, depth: int, streams: list[Strea
                     f"in this stream not inspected", offset=res.nested[_MAX_NESTED][0],
                     count=len(res.nested) - _MAX_NESTED)
         for off, data in res.nested[:_MAX_NESTED]:
-            child = blob.child(f"<bytes@{off}>", len(data), _bytes_opener(data), speculative=True)
+            child = blob.child_bytes(f"<bytes@{off}>", data, speculative=True)
             ctx.scan(child, depth + 1)
 
 
 def _clip(text: str, limit: int = 300) -> str:
     """Names in evidence are the stream's own bytes: a GLOBAL line may be 64 MiB long."""
     return text if len(text) <= limit else f"{text[:limit - 30]}... ({len(text)} characters)"
-
-
-def _bytes_opener(data: bytes):  # type: ignore[no-untyped-def]
-    import io
-
-    return lambda: io.BytesIO(data)
