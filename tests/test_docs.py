@@ -34,7 +34,10 @@ def _all_docs() -> str:
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[
         tuple[tuple[str, ...], click.Command]]:
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):  # the top-level group loads lazily
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         path = (*prefix, name)
         yield path, cmd
         if isinstance(cmd, click.Group):

@@ -440,9 +440,11 @@ def test_symlink_leaving_tree_is_a_finding_unless_unsafe_flag(run: Run, files: d
 
 
 def _commands() -> list[str]:
+    import click
+
     from trainguard.cli.main import cli
 
-    return sorted(cli.commands)
+    return sorted(cli.list_commands(click.Context(cli)))
 
 
 def test_every_command_has_help(run: Run) -> None:

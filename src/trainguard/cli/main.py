@@ -10,8 +10,56 @@ from trainguard import __version__
 from trainguard.core.errors import TrainguardError
 from trainguard.core.report import ExitCode
 
+#: command name -> "module:attribute"; modules are imported only when their command runs (start-up
+#: time is part of every scan), or when --help lists them
+COMMANDS: dict[str, str] = {
+    "scan": "trainguard.cli.scan:scan_command",
+    "rules": "trainguard.cli.rules:rules_command",
+    "keygen": "trainguard.cli.sign:keygen_command",
+    "sign": "trainguard.cli.sign:sign_command",
+    "verify": "trainguard.cli.sign:verify_command",
+    "cosign": "trainguard.cli.sign:cosign_command",
+    "diff": "trainguard.cli.diff:diff_command",
+    "env": "trainguard.cli.env:env_group",
+    "run": "trainguard.cli.run:run_command",
+    "ledger": "trainguard.cli.ledger:ledger_group",
+    "investigate": "trainguard.cli.investigate:investigate_command",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._load(name) is not None]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    def _load(self, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        import importlib
+
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # a command group not built yet
+                return None
+            raise
+        command = getattr(module, attr, None)
+        if not isinstance(command, click.Command):
+            return None
+        self.commands[name] = command
+        return command
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="trainguard")
 def cli() -> None:
     """Keep model training safe from sabotage.
@@ -22,17 +70,6 @@ def cli() -> None:
       1  findings at or above --fail-on (a finding always wins over an error)
       2  usage error or unreadable input
     """
-
-
-def _register() -> None:
-    from trainguard.cli.rules import rules_command
-    from trainguard.cli.scan import scan_command
-
-    cli.add_command(scan_command)
-    cli.add_command(rules_command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> int:

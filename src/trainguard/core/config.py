@@ -29,6 +29,8 @@ from trainguard.core.errors import ConfigError
 from trainguard.core.findings import Severity
 
 CONFIG_NAME = "trainguard.toml"
+#: top-level tables owned by other capabilities (validated by them)
+OTHER_SECTIONS = ("trust", "env", "guard", "ledger")
 GiB = 1 << 30
 
 
@@ -68,6 +70,13 @@ class ScanConfig:
 class Config:
     scan: ScanConfig = field(default_factory=ScanConfig)
     source: Path | None = None
+    #: the other top-level tables ([trust], [env], [guard], [ledger]) as parsed TOML; each
+    #: capability validates its own table (``Config.section``) so that core stays independent
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The raw table ``[name]`` (empty if absent); the owning capability validates it."""
+        return dict(self.sections.get(name, {}))
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -120,7 +129,8 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
 def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
     # Tables owned by later capabilities are accepted here and validated by their own loaders.
-    _check_keys(raw, {"scan", "trust", "env", "guard", "ledger"}, "trainguard.toml")
+    _check_keys(raw, {"scan", *OTHER_SECTIONS}, "trainguard.toml")
+    sections = {name: _expect(raw[name], f"[{name}]") for name in OTHER_SECTIONS if name in raw}
     scan_raw = _expect(raw.get("scan", {}), "[scan]")
     _check_keys(scan_raw, {"fail_on", "allow", "limits"}, "[scan]")
     scan = ScanConfig()
@@ -150,4 +160,4 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"[scan.limits] {k} must be a positive integer")
     scan = replace(scan, limits=replace(Limits(), **limits_raw))
-    return Config(scan=scan, source=source)
+    return Config(scan=scan, source=source, sections=sections)

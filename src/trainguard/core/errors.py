@@ -66,3 +66,27 @@ class MalformedInput(TrainguardError):
     def __init__(self, message: str, offset: int | None = None) -> None:
         super().__init__(message)
         self.offset = offset
+
+
+class VerificationError(TrainguardError):
+    """A signature, certificate, proof or digest could not be checked, or did not check out.
+
+    Fail closed: anything that cannot be verified is treated as not verified. Subclasses say why.
+    """
+
+
+class TamperError(VerificationError):
+    """Content differs from what was signed, snapshotted or logged: bytes, order or history.
+
+    ``changes`` lists what differs in a form each capability documents (files, tensors, entries).
+    """
+
+    def __init__(self, message: str, *, changes: list[str] | None = None,
+                 remedy: str | None = None) -> None:
+        super().__init__(message, remedy=remedy)
+        self.changes = list(changes or [])
+
+
+class PolicyError(VerificationError):
+    """Content is authentic but the trust policy refuses it (wrong role, missing co-signature,
+    an ignore path the verifier does not accept, an expired or revoked certificate)."""

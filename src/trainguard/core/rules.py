@@ -182,6 +182,18 @@ _ALL = [
          "Review the code, pin the revision, or use a model that needs no remote code."),
 ]
 
+def _capability_rules() -> list[Rule]:
+    # One module per capability keeps each family's ids in one place (and edits apart).
+    from trainguard.core.rules_env import RULES as ENV
+    from trainguard.core.rules_guard import RULES as GUARD
+    from trainguard.core.rules_integrity import RULES as INTEGRITY
+    from trainguard.core.rules_ledger import RULES as LEDGER
+
+    return [*INTEGRITY, *ENV, *GUARD, *LEDGER]
+
+
+_ALL += _capability_rules()
+
 RULES: dict[str, Rule] = {r.id: r for r in _ALL}
 if len(RULES) != len(_ALL):  # pragma: no cover - guards against a reused id at import time
     raise RuntimeError("duplicate rule id in the registry")

@@ -1,0 +1,15 @@
+"""Rules for signing, verification, trust policy and checkpoint integrity
+(issue 3): ids TG-SIG-/TG-INT-NNN, never reused.
+
+Listed in the one registry (:mod:`trainguard.core.rules`), which checks ids are unique.
+"""
+
+from __future__ import annotations
+
+from trainguard.core.findings import Severity
+from trainguard.core.rules import Rule
+
+_C, _H, _M, _L = Severity.CRITICAL, Severity.HIGH, Severity.MEDIUM, Severity.LOW
+
+RULES: list[Rule] = [
+]
