@@ -141,7 +141,9 @@ class Event:
         t = data.get("time", 0.0)
         if not isinstance(t, (int, float)) or isinstance(t, bool):
             raise ValueError("event time must be a number")
-        details = data.get("details") or {}
+        details = data.get("details", {})
+        if details is None:
+            details = {}
         if not isinstance(details, dict):
             raise ValueError("event details must be an object")
         ident = data.get("identity")
