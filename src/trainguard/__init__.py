@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from os import PathLike
+from typing import Any
 
 from trainguard.core import Finding, Report, Severity, TrainguardError
 from trainguard.core.config import ScanConfig, load_config
@@ -37,4 +38,22 @@ def scan(
     return scan_paths(targets, config, jobs=jobs)
 
 
-__all__ = ["Finding", "Report", "Severity", "TrainguardError", "__version__", "scan"]
+def load(path: str | PathLike[str], **kwargs: Any) -> Any:
+    """Verify a checkpoint's signature and trust policy, scan it, then load it from the verified
+    bytes (``weights_only=True`` for torch, safetensors otherwise). Keyword arguments: see
+    :func:`trainguard.integrity.load.load` (``signature``, ``policy``, ``map_location``, ...)."""
+    from trainguard.integrity.load import load as _load
+
+    return _load(path, **kwargs)
+
+
+def diff(old: str | PathLike[str], new: str | PathLike[str], **kwargs: Any) -> Any:
+    """Compare two checkpoints (files or directories) without executing either; returns a
+    :class:`trainguard.integrity.ckptdiff.DiffResult` (``values=True`` measures tensor changes)."""
+    from trainguard.integrity.ckptdiff import diff as _diff
+
+    return _diff(old, new, **kwargs)
+
+
+__all__ = ["Finding", "Report", "Severity", "TrainguardError", "__version__", "diff", "load",
+           "scan"]
