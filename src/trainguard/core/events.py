@@ -58,6 +58,10 @@ class EventKind:
     GUARD_MONITOR = "guard.monitor"
     GUARD_METRIC = "guard.metric"
     GUARD_ERROR = "guard.error"
+    GUARD_STARTED = "guard.started"
+    GUARD_SEED = "guard.seed"
+    GUARD_SUMMARY = "guard.summary"
+    ENV_CHECK = "env.check"
     # the ledger itself
     LEDGER_WITNESS = "ledger.witness"
 
