@@ -162,8 +162,7 @@ class Identity:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Identity:
         """Inverse of :meth:`to_dict`; unknown keys are ignored (newer writers), types checked."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in _IDENTITY_FIELDS}
         for key in ("user", "host"):
             if not isinstance(values.get(key), str):
                 raise ValueError(f"identity.{key} must be a string")
@@ -176,3 +175,7 @@ class Identity:
         text = f"{self.user}@{self.host}"
         extra = [f"{k}={v}" for k, v in (("job", self.job), ("rank", self.rank)) if v is not None]
         return text + (f"[{','.join(extra)}]" if extra else "")
+
+
+#: field names, computed once: from_dict runs for every event read back from a ledger or JSONL
+_IDENTITY_FIELDS = frozenset(f.name for f in fields(Identity))
