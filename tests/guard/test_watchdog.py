@@ -171,14 +171,17 @@ def test_slow_and_hung_rank_are_named_with_their_stacks(tmp_path: Path) -> None:
     codes, events = dist_worker.launch("timing", tmp_path)
     assert codes == [0, 0]
     mon = {r: [e for e in evs if e.kind == EventKind.GUARD_MONITOR] for r, evs in events.items()}
-    # Every rank's cross-rank gather names rank 1 at the steps where it fell behind.
+    # Every rank's cross-rank gather names rank 1 at the steps where it fell behind. A loaded
+    # machine (CI with other work) can make an ordinary step slow too: those are allowed, the
+    # sabotaged steps must be there.
     for r in (0, 1):
-        slow = [(e.details["slow_rank"], e.details["slow_step"]) for e in mon[r]
-                if "slow_rank" in e.details]
-        assert slow == [(1, 7), (1, 16)]
-    # Rank 1's own watchdog dumps its stack inside the payloads, with the rank.
+        slow = {(e.details["slow_rank"], e.details["slow_step"]) for e in mon[r]
+                if "slow_rank" in e.details}
+        assert {(1, 7), (1, 16)} <= slow
+    # Rank 1's own watchdog dumps its stack inside the payloads, with the rank; stacks taken
+    # outside a payload (a step slowed by machine load) are not part of this assertion.
     wd1 = [(e.rule_id, e.details["step"], e.details["location"]) for e in mon[1]
-           if e.details.get("source") == "watchdog"]
+           if e.details.get("source") == "watchdog" and "payload" in e.details["location"]]
     assert [(rid, step) for rid, step, _ in wd1] == [
         ("TG-GRD-110", 7), ("TG-GRD-110", 16), ("TG-GRD-111", 16)]
     assert "in payload_sleep" in wd1[0][2]
