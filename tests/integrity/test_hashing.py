@@ -143,3 +143,78 @@ def test_threads_do_not_share_buffers(tmp_path: Path) -> None:
     got = digest_files(paths, workers=3)
     assert all(got[p] == hashlib.sha256(p.read_bytes()).digest() for p in paths)
     assert hashing.CHUNK == CHUNK
+
+
+# ----------------------------------------------------------------------------- non-regular files
+
+
+def _no_hang(fn: object) -> BaseException | object:
+    """Run ``fn`` in a thread and return its result or exception; fail if it never returns
+    (a FIFO opened without O_NONBLOCK waits for a writer forever)."""
+    import threading
+
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["v"] = fn()  # type: ignore[operator]
+        except BaseException as exc:
+            out["v"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "blocked on a FIFO"
+    return out["v"]
+
+
+def test_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    for call in (lambda: file_digest(fifo), lambda: shard_digests(fifo, 10),
+                 lambda: range_digests(fifo, [(0, 1)]),
+                 lambda: digest_files([_write(tmp_path / "ok", 5), fifo], workers=2),
+                 lambda: digest_files([fifo], sizes={fifo: 0})):
+        got = _no_hang(call)
+        assert isinstance(got, hashing.NotRegularFileError), got
+        assert isinstance(got, OSError)
+        assert "not a regular file" in str(got)
+        assert str(fifo) in str(got)
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(hashing.NotRegularFileError):
+        file_digest(tmp_path)
+
+
+def test_symlinks_followed_by_default_and_refused_on_request(tmp_path: Path) -> None:
+    real = _write(tmp_path / "real.bin", 1000)
+    link = tmp_path / "link.bin"
+    link.symlink_to(real)
+    want = hashlib.sha256(real.read_bytes()).digest()
+    assert file_digest(link) == want
+    assert digest_files([link])[link] == want
+    with pytest.raises(OSError):
+        file_digest(link, follow_symlinks=False)
+    with pytest.raises(OSError):
+        digest_files([link], follow_symlinks=False)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link2 = tmp_path / "link2"
+    link2.symlink_to(fifo)  # a link to a FIFO is still refused when followed
+    assert isinstance(_no_hang(lambda: file_digest(link2)), hashing.NotRegularFileError)
+
+
+def test_digest_files_with_sizes_does_not_stat(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = [_write(tmp_path / f"f{i}", i * 1000) for i in range(10)]
+    sizes = {p: p.stat().st_size for p in paths}
+    calls: list[object] = []
+    real_stat = os.stat
+    monkeypatch.setattr(hashing.os, "stat", lambda *a, **k: calls.append(a) or real_stat(*a, **k))
+    seen: list[tuple[Path, int]] = []
+    got = digest_files(paths, workers=2, sizes=sizes, progress=lambda p, n: seen.append((p, n)))
+    assert calls == []
+    assert list(got) == paths
+    assert all(got[p] == hashlib.sha256(p.read_bytes()).digest() for p in paths)
+    assert sorted(seen) == sorted(sizes.items())

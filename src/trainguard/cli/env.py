@@ -141,11 +141,14 @@ def verify_command(python: Path | None, against: Path | None, pubkey: Path | Non
     from trainguard import envcheck
     from trainguard.core.config import load_config
     from trainguard.core.render import OutputFormat, render
-    from trainguard.integrity.keys import PublicKey
 
     policy = envcheck.EnvPolicy.from_section(load_config(config_path).section("env"))
     threshold = Severity.parse(fail_on) if fail_on else policy.fail_on
-    pub = PublicKey.load(pubkey) if pubkey is not None else None
+    pub = None
+    if pubkey is not None:  # imported only when used: --quick runs at every job start
+        from trainguard.integrity.keys import PublicKey
+
+        pub = PublicKey.load(pubkey)
     report = envcheck.verify(python, against=against, pubkey=pub, signature=signature,
                              lock=lock, quick=quick, policy=policy, workers=jobs)
     text = render(report, OutputFormat(fmt), threshold)

@@ -21,18 +21,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainguard.core.errors import InputError, UsageError, VerificationError
 from trainguard.core.report import Report
-from trainguard.envcheck.checks import Collector, EnvPolicy
-from trainguard.envcheck.envdiff import EnvDiff, diff_snapshots
+from trainguard.envcheck.common import Collector, EnvPolicy
 from trainguard.envcheck.snapfile import (
     Snapshot,
+    decode_snapshot,
+    load_quick_index,
     load_snapshot,
+    read_snapshot_bytes,
     sign_snapshot,
     verify_snapshot_signature,
 )
+
+if TYPE_CHECKING:
+    from trainguard.envcheck.envdiff import EnvDiff
 
 PathLike = str | os.PathLike[str]
 
@@ -80,21 +85,25 @@ def verify(python: PathLike | None = None, *, against: PathLike | None = None,
     ``quick`` compares size and ctime with the snapshot only (no hashing, no probe).
     """
     c = Collector()
-    snap: Snapshot | None = None
-    if against is not None:
-        snap, data = load_snapshot(against)
-        _check_signature(c, Path(against), data, pubkey,
-                         Path(signature) if signature is not None else None)
-    elif pubkey is not None or signature is not None:
-        raise UsageError("a public key or signature needs a snapshot (--against SNAP)")
     if quick:
-        if snap is None:
+        if against is None:
             raise UsageError("--quick compares with a snapshot: give --against SNAP")
         if lock is not None:
             raise UsageError("--lock needs the installed distributions: drop --quick")
-        from trainguard.envcheck.quick import quick_verify
+    elif against is None and (pubkey is not None or signature is not None):
+        raise UsageError("a public key or signature needs a snapshot (--against SNAP)")
+    snap: Snapshot | None = None
+    if against is not None:
+        data = read_snapshot_bytes(Path(against))
+        # the signature covers the exact bytes, quick index included: checked before use
+        _check_signature(c, Path(against), data, pubkey,
+                         Path(signature) if signature is not None else None)
+        if quick:
+            from trainguard.envcheck.quick import quick_verify_index
 
-        return quick_verify(snap, environ=environ, collector=c, workers=workers)
+            return quick_verify_index(load_quick_index(data, Path(against)), environ=environ,
+                                      collector=c, workers=workers)
+        snap = decode_snapshot(data, Path(against))
     from trainguard.envcheck.checks import verify_environment
     from trainguard.envcheck.lock import load_lock
 
@@ -129,7 +138,18 @@ def _check_signature(c: Collector, snap_path: Path, data: bytes, pubkey: Any,
 
 def diff(a: PathLike, b: PathLike) -> EnvDiff:
     """Compare two snapshot files (see :class:`EnvDiff`)."""
+    from trainguard.envcheck.envdiff import diff_snapshots
+
     return diff_snapshots(load_snapshot(a)[0], load_snapshot(b)[0])
+
+
+def __getattr__(name: str) -> Any:
+    # EnvDiff lives with the diff code, imported only when used (the quick check never is)
+    if name == "EnvDiff":
+        from trainguard.envcheck.envdiff import EnvDiff
+
+        return EnvDiff
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["EnvDiff", "EnvPolicy", "Snapshot", "diff", "load_snapshot", "save_snapshot",

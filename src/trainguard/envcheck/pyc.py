@@ -94,8 +94,12 @@ def check_pyc(pyc: str, source: str, magic_hex: str,
     if src_size > MAX_SOURCE_BYTES:
         return PycProblem(pyc, source, "source too large to hash; hash-based pyc not checked",
                           runs_stale=not checked)
+    from trainguard.integrity.hashing import open_regular
+
     try:
-        with open(source, "rb") as fh:
+        # never a FIFO or device swapped in for the source (it could block forever)
+        fd, _size = open_regular(source)
+        with os.fdopen(fd, "rb", closefd=True) as fh:
             data = fh.read(MAX_SOURCE_BYTES)
     except OSError as exc:
         return PycProblem(pyc, source, f"cannot read source: {exc.strerror or exc}")

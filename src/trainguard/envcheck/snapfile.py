@@ -18,12 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trainguard.core.errors import InputError, VerificationError
-from trainguard.core.events import canonical_json
-from trainguard.envcheck.inventory import Entry, Inventory, collect, key_path
-from trainguard.envcheck.probe import Interpreter, probe
+from trainguard.envcheck.common import LOADER_VARIABLES, loader_variables  # noqa: F401
+from trainguard.envcheck.probe import Interpreter
+
+if TYPE_CHECKING:
+    from trainguard.envcheck.inventory import Entry, Inventory
+    from trainguard.envcheck.quickindex import QuickIndex
 
 FORMAT = "trainguard.env-snapshot"
 FORMAT_VERSION = 1
@@ -31,17 +34,6 @@ SIGNATURE_FORMAT = "trainguard.env-snapshot-signature"
 FILE_FIELDS = ("kind", "size", "mode", "mtime_ns", "ctime_ns", "digest", "owner")
 #: largest snapshot file read (a torch environment's is ~4 MB)
 MAX_SNAPSHOT_BYTES = 512 << 20
-#: variables that change what an interpreter loads (recorded; see TG-ENV-018)
-LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH")
-
-
-def loader_variables(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """``PYTHON*`` and dynamic-loader variables of ``environ`` (default: this process)."""
-    env = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in sorted(env.items())
-            if k.startswith("PYTHON") or k in LOADER_VARIABLES}
-
-
 class FileRecord(NamedTuple):
     """One file of a snapshot (a tuple: tens of thousands are loaded at every quick check)."""
 
@@ -78,6 +70,8 @@ class Snapshot:
         return Path(self.interpreter.prefix)
 
     def path(self, key: str) -> Path:
+        from trainguard.envcheck.inventory import key_path
+
         return key_path(key, self.prefix)
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +104,10 @@ class Snapshot:
             body = ",\n".join(f"  {json.dumps(k, ensure_ascii=False)}: "
                                f"{json.dumps(v, ensure_ascii=False)}" for k, v in table.items())
             parts.append(f',\n "{name}": {{\n{body}\n }}')
+        # the quick index last, on one line (quickindex.find_member reads it without the JSON)
+        from trainguard.envcheck.quickindex import MEMBER, QuickIndex
+
+        parts.append(f',\n "{MEMBER}": "{QuickIndex.from_snapshot(self).encode()}"')
         return ("".join(parts) + "\n}\n").encode("utf-8")
 
 
@@ -120,6 +118,8 @@ def environment_digest(interp_sha256: str, interp: Interpreter,
     Two environments with the same interpreter and the same bytes at the same relative paths have
     the same digest, wherever their prefix is.
     """
+    from trainguard.core.events import canonical_json
+
     body = {
         "interpreter": {"implementation": interp.implementation, "version": interp.version,
                         "sha256": interp_sha256},
@@ -130,6 +130,8 @@ def environment_digest(interp_sha256: str, interp: Interpreter,
 
 def distribution_digest(keys: list[str], files: dict[str, FileRecord]) -> str:
     """sha256 over a distribution's files (path key and digest), sorted by key."""
+    from trainguard.core.events import canonical_json
+
     body = [[k, files[k].digest if k in files else None] for k in sorted(keys)]
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
@@ -149,6 +151,8 @@ def take_snapshot(python: str | os.PathLike[str] | None = None, *, workers: int 
                   environ: dict[str, str] | None = None) -> tuple[Snapshot, Inventory]:
     """Inspect the environment of ``python`` (never importing its packages) and hash it all."""
     from trainguard.envcheck.checks import hook_records
+    from trainguard.envcheck.inventory import collect
+    from trainguard.envcheck.probe import probe
     from trainguard.integrity.hashing import digest_files
 
     inv = collect(probe(python))
@@ -201,7 +205,11 @@ def hash_entries(entries: list[Entry], digest_files: Callable[..., dict[Path, by
     the files are hashed one by one so that a single unreadable file does not lose the rest."""
     paths = [Path(e.path) for e in entries]
     try:
-        got = digest_files(paths, workers=workers, progress=progress)
+        # sizes from the walk order the work (no second stat per file); links are not followed
+        # (each entry was a regular file when lstat-ed: a link swapped in since is refused)
+        got = digest_files(paths, workers=workers, progress=progress,
+                           sizes={p: e.size for e, p in zip(entries, paths, strict=True)},
+                           follow_symlinks=False)
         return {e.path: got[p] for e, p in zip(entries, paths, strict=True)}, {}
     except OSError:
         pass
@@ -211,7 +219,7 @@ def hash_entries(entries: list[Entry], digest_files: Callable[..., dict[Path, by
     bad: dict[str, str] = {}
     for e, p in zip(entries, paths, strict=True):
         try:
-            out[e.path] = file_digest(p)
+            out[e.path] = file_digest(p, follow_symlinks=False)
         except OSError as exc:
             bad[e.path] = exc.strerror or str(exc)
     return out, bad
@@ -228,6 +236,12 @@ def _bad(path: Path, what: str) -> InputError:
 def load_snapshot(path: str | os.PathLike[str]) -> tuple[Snapshot, bytes]:
     """Read and validate a snapshot; returns it with its exact bytes (for the signature)."""
     p = Path(path)
+    data = read_snapshot_bytes(p)
+    return decode_snapshot(data, p), data
+
+
+def read_snapshot_bytes(p: Path) -> bytes:
+    """A snapshot file's exact bytes (bounded by :data:`MAX_SNAPSHOT_BYTES`)."""
     try:
         with p.open("rb") as fh:
             data = fh.read(MAX_SNAPSHOT_BYTES + 1)
@@ -235,11 +249,30 @@ def load_snapshot(path: str | os.PathLike[str]) -> tuple[Snapshot, bytes]:
         raise InputError(f"cannot read snapshot {p}: {exc.strerror or exc}") from None
     if len(data) > MAX_SNAPSHOT_BYTES:
         raise _bad(p, f"larger than {MAX_SNAPSHOT_BYTES} bytes")
+    return data
+
+
+def decode_snapshot(data: bytes, p: Path) -> Snapshot:
+    """Decode and validate a snapshot file's bytes."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise _bad(p, f"not JSON ({str(exc)[:200]})") from None
-    return parse_snapshot(doc, p), data
+    return parse_snapshot(doc, p)
+
+
+def load_quick_index(data: bytes, p: Path) -> QuickIndex:
+    """The quick index of a snapshot file's bytes: unpacked from its ``quick`` member when it
+    has one (milliseconds), else built from the decoded JSON (snapshots written before it)."""
+    from trainguard.envcheck.quickindex import QuickIndex, QuickIndexError, find_member
+
+    member = find_member(data)
+    if member is not None:
+        try:
+            return QuickIndex.decode(member)
+        except QuickIndexError as exc:
+            raise _bad(p, str(exc)) from None
+    return QuickIndex.from_snapshot(decode_snapshot(data, p))
 
 
 def parse_snapshot(doc: Any, where: Path = Path("<snapshot>")) -> Snapshot:

@@ -24,10 +24,12 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,6 +48,11 @@ ALGORITHMS = ("sha256", "sha384", "sha512", "blake2b", "blake3")
 Progress = Callable[[Path, int], None]
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: opening a FIFO (or a device) swapped in where a file was expected returns at once
+# instead of waiting for a writer (POSIX open(2)); it has no effect on reads of a regular file,
+# and anything that is not one is refused right after the open (fstat), before any read
+_SAFE_FLAGS = _OPEN_FLAGS | getattr(os, "O_NONBLOCK", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _local = threading.local()
 T = TypeVar("T")
 R = TypeVar("R")
@@ -91,31 +98,65 @@ def _hash_fd(fd: int, h: Any, offset: int, length: int | None, path: object) -> 
             remaining -= n
 
 
+class NotRegularFileError(OSError):
+    """A path to be hashed is a FIFO, socket, device or directory (never read: it could block
+    forever or never end). An :class:`OSError` (``EINVAL``), so callers that report unreadable
+    files report it too."""
+
+
+def open_regular(path: Path | str, *, follow_symlinks: bool = True) -> tuple[int, int]:
+    """``(fd, size)`` of a regular file opened for reading; :class:`NotRegularFileError` for
+    anything else. Never blocks on a FIFO; with ``follow_symlinks=False`` a symbolic link as the
+    last component is refused too (``ELOOP``, O_NOFOLLOW)."""
+    fd = os.open(path, _SAFE_FLAGS | (0 if follow_symlinks else _NOFOLLOW))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file "
+                                      f"({stat.filemode(st.st_mode)[0]!r} in ls -l terms)",
+                                      str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
 def file_digest(path: Path, algorithm: str = "sha256", *, offset: int = 0,
-                length: int | None = None, fd: int | None = None) -> bytes:
+                length: int | None = None, fd: int | None = None,
+                follow_symlinks: bool = True) -> bytes:
     """Digest of a file (or of ``length`` bytes at ``offset``), read in large chunks.
 
     With ``fd`` the open descriptor is read (with ``os.pread``: position-independent, so threads
     may share it) instead of opening ``path``: the caller can hash exactly the bytes it then uses.
+    Opening ``path`` never blocks and never reads anything but a regular file
+    (:func:`open_regular`: a FIFO, socket or device raises :class:`NotRegularFileError`, an
+    ``OSError``); symbolic links are followed unless ``follow_symlinks=False``.
     """
+    return _digest_and_size(path, algorithm, offset=offset, length=length, fd=fd,
+                            follow_symlinks=follow_symlinks)[0]
+
+
+def _digest_and_size(path: Path, algorithm: str = "sha256", *, offset: int = 0,
+                     length: int | None = None, fd: int | None = None,
+                     follow_symlinks: bool = True) -> tuple[bytes, int]:
+    """:func:`file_digest` and the file's size as fstat gave it (-1 with a caller's ``fd``)."""
     h = new_hasher(algorithm)
     own = fd is None
+    size = -1
     if fd is None:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd, size = open_regular(path, follow_symlinks=follow_symlinks)
     try:
-        if own and offset == 0 and length is None:
-            size = os.fstat(fd).st_size
-            if size <= _WHOLE:
-                # the whole file in one read; the loop below then only confirms end of file
-                # (a short read or a file that grew is still hashed to its end)
-                data = os.read(fd, size)
-                h.update(data)
-                offset = len(data)
+        if own and offset == 0 and length is None and size <= _WHOLE:
+            # the whole file in one read; the loop below then only confirms end of file
+            # (a short read or a file that grew is still hashed to its end)
+            data = os.read(fd, size)
+            h.update(data)
+            offset = len(data)
         _hash_fd(fd, h, offset, length, path)
     finally:
         if own:
             os.close(fd)
-    return bytes(h.digest())
+    return bytes(h.digest()), size
 
 
 def _run(items: Sequence[T], fn: Callable[[T], R], workers: int | None) -> list[R]:
@@ -165,34 +206,44 @@ def digest_files(
     workers: int | None = None,
     progress: Progress | None = None,
     cache: DigestCache | None = None,
+    sizes: Mapping[Path, int] | None = None,
+    follow_symlinks: bool = True,
 ) -> dict[Path, bytes]:
     """Digests of many files, hashed by ``workers`` threads (default: CPU count).
 
     ``progress(path, size)`` is called after each file (from worker threads). With ``cache``,
     a file whose (device, inode, size, ctime) match an entry is not read again, and new digests
-    are recorded there (the caller saves the cache).
+    are recorded there (the caller saves the cache). ``sizes`` (path -> bytes, e.g. from a walk
+    the caller already did) orders the work without a ``stat`` per file; a file missing from it
+    sorts last. Each file is opened as :func:`file_digest` does (never a FIFO or device: an
+    ``OSError``); ``follow_symlinks=False`` also refuses links.
     """
     items = list(paths)
     new_hasher(algorithm)  # fail on a bad name before any thread starts
-    # one stat per file: the size order (largest first: a big file started last would leave
-    # one core idle at the end), the cache lookup (a hit opens nothing) and progress
     stats: dict[Path, os.stat_result] = {}
-    for p in items:
-        with contextlib.suppress(OSError):  # reported by the worker that opens it
-            stats[p] = os.stat(p)
-    order = sorted(items, key=lambda p: -stats[p].st_size if p in stats else 0)
+    if sizes is not None and cache is None:
+        # the caller's sizes give the order (largest first: a big file started last would
+        # leave one core idle at the end); the size for progress comes from the open's fstat
+        order = sorted(items, key=lambda p: -sizes.get(p, 0))
+    else:
+        # one stat per file: the size order, the cache lookup (a hit opens nothing), progress
+        for p in items:
+            with contextlib.suppress(OSError):  # reported by the worker that opens it
+                stats[p] = os.stat(p)
+        order = sorted(items, key=lambda p: -stats[p].st_size if p in stats else 0)
 
     def one(p: Path) -> tuple[Path, bytes]:
         st = stats.get(p)
         hit = cache.cached(st, algorithm) if cache is not None and st is not None else None
+        size = st.st_size if st is not None else -1
         if hit is not None:
             d = hit
         elif cache is not None:
             d = cache.digest(p, algorithm)
         else:
-            d = file_digest(p, algorithm)
+            d, size = _digest_and_size(p, algorithm, follow_symlinks=follow_symlinks)
         if progress is not None:
-            progress(p, st.st_size if st is not None else os.stat(p).st_size)
+            progress(p, size if size >= 0 else os.stat(p).st_size)
         return p, d
 
     got = dict(_run(order, one, workers))
@@ -228,8 +279,9 @@ def digest_shards(
         for p in items:
             # one descriptor per file shared by its shards (pread has no shared position): the
             # shards of one file all come from the same inode even if the name is replaced
-            fd = fds[p] = os.open(p, _OPEN_FLAGS)
-            for s, e in shard_ranges(os.fstat(fd).st_size, shard_size):
+            fd, size = open_regular(p)
+            fds[p] = fd
+            for s, e in shard_ranges(size, shard_size):
                 work.append((p, fd, s, e))
 
         def one(w: tuple[Path, int, int, int]) -> bytes:
@@ -267,9 +319,10 @@ def range_digests(path: Path, ranges: Sequence[tuple[int, int]], algorithm: str 
     new_hasher(algorithm)
     own = fd is None
     if fd is None:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd, size = open_regular(path)
     try:
-        size = os.fstat(fd).st_size
+        if not own:
+            size = os.fstat(fd).st_size
         for s, e in ranges:
             if s < 0 or e < s or e > size:
                 raise ValueError(f"{path}: range [{s}, {e}) outside the file ({size} bytes)")
