@@ -89,6 +89,27 @@ def _check_json_value(value: Any, where: str, depth: int = 0) -> None:
     raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
 
 
+#: (identity, its to_dict()) of the last identity encoded: a process emits thousands of events
+#: under one Identity, and dataclasses.asdict (deep copies, recursion) is most of to_dict's cost
+_LAST_IDENTITY: tuple[Identity, dict[str, Any]] | None = None
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _identity_dict(identity: Identity) -> dict[str, Any]:
+    """``identity.to_dict()``, from a one-entry cache keyed by object identity (a fresh copy
+    each call, so callers may still modify it). Only plain Identity objects whose values are
+    all scalars are cached: for those a shallow copy equals the deep copy asdict makes."""
+    global _LAST_IDENTITY  # noqa: PLW0603 - a one-slot cache, replaced atomically
+    last = _LAST_IDENTITY
+    if last is not None and last[0] is identity:
+        return dict(last[1])
+    value = identity.to_dict()
+    if type(identity) is Identity and all(type(v) in _SCALARS for v in value.values()):
+        _LAST_IDENTITY = (identity, value)
+        return dict(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Event:
     """One thing that happened."""
@@ -128,7 +149,7 @@ class Event:
             "subject": self.subject,
             "severity": self.severity.label if self.severity is not None else None,
             "rule_id": self.rule_id,
-            "identity": self.identity.to_dict() if self.identity is not None else None,
+            "identity": _identity_dict(self.identity) if self.identity is not None else None,
             "details": dict(self.details),
         }
 
@@ -174,8 +195,30 @@ def canonical_json(value: Any) -> bytes:
     Equal values give equal bytes, so hashes over entries are stable (the ledger hashes these
     bytes as RFC 9162 leaves). Floats use Python's shortest round-trip repr.
     """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    # json.dumps builds a JSONEncoder and a C encoder per call; this calls one C encoder, built
+    # once with the arguments json.dumps passes it (json.encoder.JSONEncoder.iterencode, one-shot
+    # path), so bytes and errors are identical (tests/ledger/test_encoding_speed.py compares them).
+    # It has no cycle markers (shared markers would be wrong across threads and after an error):
+    # a cycle then ends in RecursionError, and json.dumps, called again, reports it as it always
+    # did (ValueError "Circular reference detected"; a merely deep value re-raises RecursionError).
+    try:
+        return "".join(_ENCODE(value, 0)).encode("utf-8")
+    except RecursionError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+
+
+def _make_encoder() -> Any:
+    enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           allow_nan=False)
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has _json
+        return lambda value, _level: (enc.encode(value),)
+    encode_basestring = json.encoder.encode_basestring  # type: ignore[attr-defined]
+    return c_make_encoder(None, enc.default, encode_basestring, None, ":", ",", True, False, False)
+
+
+_ENCODE = _make_encoder()
 
 
 _IDENTITY: dict[int, Identity] = {}

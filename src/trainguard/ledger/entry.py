@@ -20,7 +20,9 @@ The format is versioned: readers accept the versions in :data:`SUPPORTED_VERSION
 
 from __future__ import annotations
 
+import binascii
 import functools
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -30,7 +32,7 @@ from typing import Any
 
 from trainguard.core.events import EVENT_SCHEMA, EVENT_SCHEMA_VERSION, Event, canonical_json
 from trainguard.core.identity import Identity
-from trainguard.ledger.merkle import HASH_SIZE, leaf_hash
+from trainguard.ledger.merkle import HASH_SIZE, LEAF_PREFIX, leaf_hash
 
 ENTRY_FORMAT = "trainguard.ledger.entry"
 ENTRY_VERSION = 1
@@ -39,6 +41,11 @@ SUPPORTED_VERSIONS = frozenset({1})
 GENESIS_PREV = bytes(HASH_SIZE)
 #: an entry larger than this is refused (a hostile client must not grow the database unbounded)
 MAX_ENTRY_BYTES = 1 << 20
+
+
+_sha256 = hashlib.sha256
+#: json's C scanner (what json.loads ends in), used directly by parse_entry
+_SCAN: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class EntryFormatError(ValueError):
@@ -67,19 +74,42 @@ class LedgerEntry:
                 "event": self.event.to_dict()}
 
 
-#: the encoder behind canonical_json, built once (json.dumps builds one per call with options)
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              allow_nan=False)
+def _c_encoder() -> Any:
+    # The C encoder json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    # allow_nan=False) uses, built once (as canonical_json does); no cycle markers: a cycle
+    # raises RecursionError, and encode_event then takes canonical_json's path, which reports it.
+    enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has _json
+        return lambda value, _level: (enc.encode(value),)
+    return make(None, enc.default, encode_basestring, None, ":", ",", True, False, False)
+
+
+_ENCODE = _c_encoder()
 #: the keys of Event.to_dict() the fast path below writes, in canonical (sorted) order
 _EVENT_KEYS = ("details", "identity", "kind", "rule_id", "schema", "schema_version", "severity",
                "subject", "time")
 _SCHEMA_VERSION_JSON = encode_basestring(EVENT_SCHEMA_VERSION)
+#: (identity, its canonical JSON) of the last identity encoded: compared by object identity,
+#: which is cheaper than hashing an 11-field dataclass for the lru_cache below
+_LAST_IDENTITY: tuple[Identity, str] | None = None
 
 
 @functools.lru_cache(maxsize=256)
+def _identity_json_cached(identity: Identity) -> str:
+    return "".join(_ENCODE(identity.to_dict(), 0))
+
+
 def _identity_json(identity: Identity) -> str:
     # A process emits thousands of events under one identity: encode it once.
-    return _CANONICAL.encode(identity.to_dict())
+    global _LAST_IDENTITY  # noqa: PLW0603 - a one-slot cache, replaced atomically
+    last = _LAST_IDENTITY
+    if last is not None and last[0] is identity:
+        return last[1]
+    value = _identity_json_cached(identity)
+    _LAST_IDENTITY = (identity, value)
+    return value
 
 
 def _fast_path_ok() -> bool:
@@ -97,23 +127,24 @@ def encode_event(event: Event) -> bytes:
     (tested), assembled from parts with the identity encoded once per process. Done before
     taking the writer lock: it is the costly part of an append."""
     ident = event.identity
-    if not _FAST or ident is None:
+    if not _FAST or ident is None or type(ident) is not Identity:
         return canonical_json(event.to_dict())
     try:
         ident_json = _identity_json(ident)
-    except TypeError:  # an unhashable identity field: no caching
+        details = "".join(_ENCODE(dict(event.details), 0))
+    except (TypeError, RecursionError):  # unhashable identity field, cycle: the generic path
         return canonical_json(event.to_dict())
-    enc = _CANONICAL.encode
     t = event.time
-    time_json = float.__repr__(t) if type(t) is float and math.isfinite(t) else enc(t)
+    time_json = float.__repr__(t) if type(t) is float and math.isfinite(t) else \
+        "".join(_ENCODE(t, 0))
+    sev = event.severity
     return "".join((
-        '{"details":', enc(dict(event.details)),
+        '{"details":', details,
         ',"identity":', ident_json,
         ',"kind":', encode_basestring(event.kind),
         ',"rule_id":', "null" if event.rule_id is None else encode_basestring(event.rule_id),
         ',"schema":"trainguard.event","schema_version":', _SCHEMA_VERSION_JSON,
-        ',"severity":', "null" if event.severity is None
-        else encode_basestring(event.severity.label),
+        ',"severity":', "null" if sev is None else encode_basestring(sev.label),
         ',"subject":', encode_basestring(event.subject),
         ',"time":', time_json, "}",
     )).encode("utf-8")
@@ -142,13 +173,13 @@ def build_entries(start: int, prev: bytes, appended_at: float,
     head = b'{"appended_at":' + _float_json(appended_at) + b',"event":'
     version = b'","v":' + str(ENTRY_VERSION).encode("ascii") + b"}"
     out: list[tuple[bytes, bytes]] = []
-    for i, event_json in enumerate(event_jsons):
+    join, sha, hexlify = b"".join, _sha256, binascii.hexlify
+    for index, event_json in enumerate(event_jsons, start):
         if len(event_json) > MAX_ENTRY_BYTES:
             raise EntryFormatError(f"event is {len(event_json)} bytes; the limit is "
                                    f"{MAX_ENTRY_BYTES}")
-        raw = b"".join((head, event_json, b',"index":', str(start + i).encode("ascii"),
-                        b',"prev":"', prev.hex().encode("ascii"), version))
-        prev = leaf_hash(raw)
+        raw = join((head, event_json, b',"index":%d,"prev":"' % index, hexlify(prev), version))
+        prev = sha(LEAF_PREFIX + raw).digest()  # leaf_hash(raw), RFC 9162 §2.1.1, inlined
         out.append((raw, prev))
     return out
 
@@ -156,10 +187,21 @@ def build_entries(start: int, prev: bytes, appended_at: float,
 def parse_entry(raw: bytes) -> dict[str, Any]:
     """Decode and check the shape of entry bytes; raises :class:`EntryFormatError`."""
     try:
-        # str, not bytes: json.loads would sniff the encoding of bytes on every call
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise EntryFormatError(f"not JSON: {exc}") from None
+    try:
+        # The decoder json.loads uses, minus its Python wrappers (whitespace regexes): entries
+        # are canonical, without surrounding whitespace. Anything else (whitespace, trailing
+        # data, an error) goes through json.loads, which accepts or rejects as it always did.
+        data, end = _SCAN(text, 0)
+        if end != len(text):
+            raise ValueError("trailing data")
+    except (ValueError, StopIteration, RecursionError):
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise EntryFormatError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EntryFormatError("not a JSON object")
     if data.get("v") not in SUPPORTED_VERSIONS:

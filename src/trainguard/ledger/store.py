@@ -11,6 +11,7 @@ stored hash.
 from __future__ import annotations
 
 import abc
+import hashlib
 import threading
 import time
 import uuid
@@ -33,10 +34,17 @@ from trainguard.ledger.entry import (
     query_columns,
 )
 from trainguard.ledger.heads import TreeHead
-from trainguard.ledger.merkle import ConsistencyProof, InclusionProof, MerkleTree, leaf_hash
+from trainguard.ledger.merkle import (
+    LEAF_PREFIX,
+    ConsistencyProof,
+    InclusionProof,
+    MerkleTree,
+)
 
 #: rows read per round trip when iterating
 PAGE = 2000
+#: rows per round trip in the audit (fewer, larger fetches)
+AUDIT_PAGE = 10_000
 #: at most this many differences are listed in a TamperError (the count is always given)
 MAX_CHANGES = 50
 
@@ -298,17 +306,21 @@ class Ledger(abc.ABC):
                 extra += 1
 
         hashes: list[bytes] = []
-        expected, prev, after = 0, GENESIS_PREV, -1
+        expected, prev_hex, after = 0, GENESIS_PREV.hex(), -1
+        sha = hashlib.sha256
         while True:
-            rows = self._audit_rows(after, PAGE)
+            rows = self._audit_rows(after, AUDIT_PAGE)
+            # The hot loop of the audit (100k entries: ~0.5 s): hash the raw bytes, parse them
+            # once with json's C scanner (parse_entry), compare; no Event objects are built.
             for idx, raw, stored, kind, subject, job, t in rows:
                 if idx != expected:
                     note(f"entries {expected}..{idx - 1} are missing (deleted)" if idx > expected
                          else f"entry index {idx} is out of order")
                     expected = idx
-                raw = as_bytes(raw)
-                h = leaf_hash(raw)
-                if as_bytes(stored) != h:
+                if type(raw) is not bytes:
+                    raw = as_bytes(raw)
+                h = sha(LEAF_PREFIX + raw).digest()  # leaf_hash(raw), RFC 9162 §2.1.1
+                if stored != h and as_bytes(stored) != h:
                     note(f"entry {idx}: content does not match its stored leaf hash (edited)")
                 try:
                     data = parse_entry(raw)
@@ -317,7 +329,7 @@ class Ledger(abc.ABC):
                 else:
                     if data["index"] != idx:
                         note(f"entry {idx}: records index {data['index']} (moved or reordered)")
-                    if data["prev"] != prev.hex():
+                    if data["prev"] != prev_hex:
                         note(f"entry {idx}: hash chain broken (the previous entry was changed, "
                              f"deleted or reordered)")
                     if kind is not None and \
@@ -325,9 +337,9 @@ class Ledger(abc.ABC):
                         note(f"entry {idx}: indexed columns (kind, subject, job, time) do not "
                              f"match the entry (queries would give wrong answers)")
                 hashes.append(h)
-                prev = h
+                prev_hex = h.hex()
                 expected += 1
-            if len(rows) < PAGE:
+            if len(rows) < AUDIT_PAGE:
                 break
             after = rows[-1][0]
         tree = MerkleTree(hashes)  # bulk: one pass per level

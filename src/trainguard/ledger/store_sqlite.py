@@ -1,11 +1,13 @@
 """The SQLite store: one file, WAL journal, several writer processes.
 
-Appends run in ``BEGIN IMMEDIATE`` transactions: SQLite's single write lock is taken before the
-last index is read, so writers from any number of processes serialize and every index is the
-previous one plus one (no gaps, one linear hash chain). WAL lets readers (proofs, queries, the
-audit) run while a writer appends. ``synchronous=NORMAL`` (the default here) keeps every
-committed entry through a process crash (``kill -9``); ``synchronous="full"`` also survives
-power loss, at a cost per commit.
+Appends run under SQLite's single write lock, taken before the last index is checked or read,
+so writers from any number of processes serialize and every index is the previous one plus one
+(no gaps, one linear hash chain). A writer remembers the tail of its own last append: the next
+single append is one conditional INSERT (inserted only if the table still ends there), anything
+else a ``BEGIN IMMEDIATE`` transaction that reads the tail first (docs/ledger.md, "Stores").
+WAL lets readers (proofs, queries, the audit) run while a writer appends. ``synchronous=NORMAL``
+(the default here) keeps every committed entry through a process crash (``kill -9``);
+``synchronous="full"`` also survives power loss, at a cost per commit.
 
 SQLite's locking needs a local file system: WAL does not work on NFS, Lustre or GPFS. Cluster
 jobs send events to ``trainguard ledger serve`` instead (client.py).
@@ -24,6 +26,7 @@ from trainguard.core.errors import InputError, TamperError, UsageError
 from trainguard.ledger.entry import (
     GENESIS_PREV,
     EntryFormatError,
+    build_entries,
     columns_from_event_dict,
     parse_entry,
 )
@@ -33,11 +36,13 @@ from trainguard.ledger.store import (
     Ledger,
     Row,
     as_bytes,
-    chain_rows,
     new_ledger_id,
 )
 
 _SYNC = {"off": "OFF", "normal": "NORMAL", "full": "FULL"}
+#: one entry, inserted only while the last row is the given index (-1: the table is empty)
+_INSERT_IF_TAIL = ("INSERT INTO ledger_entries SELECT ?, ?, ? "
+                   "WHERE coalesce((SELECT max(idx) FROM ledger_entries), -1) = ?")
 
 
 class SqliteLedger(Ledger):
@@ -55,6 +60,8 @@ class SqliteLedger(Ledger):
                              remedy="create one with `trainguard ledger init`")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        #: (size, last leaf hash) after this connection's last append (None: unknown)
+        self._tail: tuple[int, bytes] | None = None
         try:
             # isolation_level=None: autocommit, transactions only where we BEGIN them.
             self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout,
@@ -68,6 +75,7 @@ class SqliteLedger(Ledger):
             # Checkpoint the WAL every ~40 MB rather than every 4 MB: fewer, larger copies into
             # the main file roughly double the one-commit-per-append rate.
             self._conn.execute("PRAGMA wal_autocheckpoint = 10000")
+            self._cursor = self._conn.cursor()
             self.applied_migrations = apply_sqlite(self._conn)
             self._ledger_id = self._init_id()
         except sqlite3.DatabaseError as exc:
@@ -104,31 +112,54 @@ class SqliteLedger(Ledger):
             except sqlite3.DatabaseError as exc:
                 raise InputError(f"{self.path}: cannot read the ledger: {exc}") from None
 
+    def _read_tail(self) -> tuple[int, bytes]:
+        last = self._conn.execute("SELECT idx, leaf_hash FROM ledger_entries "
+                                  "ORDER BY idx DESC LIMIT 1").fetchone()
+        return (last[0] + 1, as_bytes(last[1])) if last else (0, GENESIS_PREV)
+
     def _append_rows(self, encoded: Sequence[tuple[bytes, tuple[str, str, str | None, float]]],
                      appended_at: float) -> list[int]:
+        events = [e for e, _ in encoded]
         with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")  # the write lock, before reading the tail
+            tail = self._tail
+            if tail is not None and len(events) == 1:
+                # Fast path, one statement: chained to the tail of this connection's last
+                # append, inserted only if that is still the table's last row. An autocommit
+                # statement is its own write transaction (SQLite takes the write lock, waiting
+                # on busy_timeout, before it reads), so the check and the insert see the same
+                # state and no other writer can commit in between: no gap, a linear chain.
+                rows = _rows(tail, appended_at, events)
                 try:
-                    last = conn.execute("SELECT idx, leaf_hash FROM ledger_entries "
-                                        "ORDER BY idx DESC LIMIT 1").fetchone()
-                    start = last[0] + 1 if last else 0
-                    prev = as_bytes(last[1]) if last else GENESIS_PREV
-                    rows = chain_rows(start, prev, appended_at, encoded)
-                    if len(rows) == 1:
-                        conn.execute("INSERT INTO ledger_entries VALUES (?, ?, ?)", rows[0][:3])
-                    else:
-                        conn.executemany("INSERT INTO ledger_entries VALUES (?, ?, ?)",
-                                         [r[:3] for r in rows])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.DatabaseError as exc:
-                raise InputError(f"{self.path}: cannot append: {exc}") from None
+                    cur = self._cursor.execute(_INSERT_IF_TAIL, (*rows[0], tail[0] - 1))
+                except sqlite3.DatabaseError as exc:
+                    self._tail = None
+                    raise InputError(f"{self.path}: cannot append: {exc}") from None
+                if cur.rowcount == 1:
+                    self._tail = (rows[0][0] + 1, rows[0][1])
+                    return [rows[0][0]]
+            # Another writer (or anything else) moved the tail, or a batch: read the tail under
+            # the write lock and insert in one transaction.
+            rows = self._append_locked(events, appended_at)
+            self._tail = (rows[-1][0] + 1, rows[-1][1])
             return [r[0] for r in rows]
+
+    def _append_locked(self, events: list[bytes],
+                       appended_at: float) -> list[tuple[int, bytes, bytes]]:
+        conn, cur = self._conn, self._cursor
+        self._tail = None
+        try:
+            cur.execute("BEGIN IMMEDIATE")  # the write lock, before reading the tail
+            try:
+                rows = _rows(self._read_tail(), appended_at, events)
+                cur.executemany("INSERT INTO ledger_entries VALUES (?, ?, ?)", rows)
+                cur.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path}: cannot append: {exc}") from None
+        return rows
 
     def _size(self) -> int:
         row = self._exec("SELECT max(idx) FROM ledger_entries")
@@ -194,7 +225,15 @@ class SqliteLedger(Ledger):
         rows = self._exec("SELECT e.idx, e.entry, e.leaf_hash, q.kind, q.subject, q.job, q.time "
                           "FROM ledger_entries e LEFT JOIN ledger_query q ON q.idx = e.idx "
                           "WHERE e.idx > ? ORDER BY e.idx LIMIT ?", (after, limit))
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return rows  # sqlite3 rows are already tuples
+
+
+def _rows(tail: tuple[int, bytes], appended_at: float,
+          events: list[bytes]) -> list[tuple[int, bytes, bytes]]:
+    """(index, leaf hash, entry) rows continuing the chain from ``tail`` (size, last hash)."""
+    start = tail[0]
+    return [(i, h, raw) for i, (raw, h)
+            in enumerate(build_entries(start, tail[1], appended_at, events), start)]
 
 
 def _columns(idx: int, raw: bytes) -> tuple[Any, Any, Any, Any]:
