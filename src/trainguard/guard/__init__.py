@@ -15,7 +15,8 @@ user's code runs. In a script (or a notebook) it can be installed by hand::
         loss.backward()
         opt.step()
         guard.step(model, opt, loss)          # monitors + tripwire re-check every K steps
-    guard.checkpoint("model.pt")             # tripwire check at checkpoint time
+    torch.save(model.state_dict(), "model.pt")
+    guard.checkpoint("model.pt")             # tripwires; artifact.saved with its sha256
     print(guard.report()["detections"])      # {} for a clean run
 
 What it installs: a PEP 578 audit hook (:mod:`.audithook`), the load gate for
@@ -231,16 +232,52 @@ def _monitor(rt: GuardRuntime) -> Any:
         _PARTS.monitor_failed = True  # the monitors are optional (guard/monitors.py)
         return None
     try:
-        _PARTS.monitor = monitors.TrainingMonitor(rt.emit_event, monitor_config(rt.config))
+        _PARTS.monitor = monitors.TrainingMonitor(_metric_emitter(rt),
+                                                  monitor_config(rt.config))
     except Exception as exc:
         _PARTS.monitor_failed = True
         rt.error("monitors-init", exc)
     return _PARTS.monitor
 
 
+def _metric_emitter(rt: GuardRuntime) -> Any:
+    """The monitors' ``emit``: a ``guard.metric`` whose loss was not finite is written with
+    ``"nan"``, ``"inf"`` or ``"-inf"`` (canonical JSON cannot spell them; ``null`` would read
+    as "no loss known": docs/guard-monitors.md, docs/investigate.md)."""
+    def emit(event: Any) -> None:
+        if event.kind == EventKind.GUARD_METRIC and event.details.get("loss") is None:
+            event = rt.protect("metric-loss", _spell_loss, event) or event
+        rt.emit_event(event)
+
+    return emit
+
+
+def _spell_loss(event: Any) -> Any:
+    import math
+
+    from trainguard.core.events import Event
+
+    last = getattr(_PARTS.monitor, "_last_loss", None)
+    try:
+        value = float(last) if last is not None else None
+    except (TypeError, ValueError):
+        value = None
+    if value is not None and not math.isfinite(value):
+        word = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return Event(event.kind, event.subject, {**dict(event.details), "loss": word},
+                     event.identity, event.time, event.severity, event.rule_id)
+    return event
+
+
 def checkpoint(path: str | os.PathLike[str] | None = None) -> None:
-    """Call when a checkpoint is written: tripwire check now, and an ``artifact.saved`` event
-    naming the file (size; no hashing here: checkpoints are large)."""
+    """Call when a checkpoint is written: tripwire check now, and an ``artifact.saved`` event.
+
+    The event's subject is ``sha256:<hex>`` of the saved file (a checkpoint must be identified
+    by its bytes for lineage: docs/investigate.md), with details ``path`` (absolute), ``run``
+    (the job id), ``inputs`` (the digests this process loaded through the load gate), ``size``
+    and ``step``. A directory (``save_pretrained``) gets one event per regular file in it (at
+    most :data:`MAX_CHECKPOINT_FILES`). Hashing reads the file once, at checkpoint time only.
+    """
     rt = _CURRENT
     if rt is None or not rt.active:
         return
@@ -248,16 +285,42 @@ def checkpoint(path: str | os.PathLike[str] | None = None) -> None:
     if tw is not None:
         rt.protect("tripwires", tw.check, "checkpoint")
     if path is not None:
-        p = Path(path)
-        try:
-            size: int | None = p.stat().st_size
-        except OSError:
-            size = None
-        rt.emit(EventKind.ARTIFACT_SAVED, str(p.absolute()),
-                {"path": str(p.absolute()), "size": size, "step": rt.steps})
+        rt.protect("checkpoint", _record_checkpoint, rt, Path(path))
     if rt.pending_stop is not None:
         stop, rt.pending_stop = rt.pending_stop, None
         raise stop
+
+
+#: files of a checkpoint directory recorded by :func:`checkpoint`
+MAX_CHECKPOINT_FILES = 1000
+
+
+def _record_checkpoint(rt: GuardRuntime, path: Path) -> None:
+    from trainguard.core.identity import Identity
+
+    root = path.absolute()
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+        files = files[:MAX_CHECKPOINT_FILES]
+    else:
+        files = [root]
+    run = Identity.current(with_git=False).job
+    inputs = list(rt.loaded)
+    for f in files:
+        digest = rt.file_digest(str(f))
+        try:
+            size: int | None = f.stat().st_size
+        except OSError:
+            size = None
+        details: dict[str, Any] = {"path": str(f), "size": size, "step": rt.steps,
+                                   "inputs": [d for d in inputs if d != digest]}
+        if run:
+            details["run"] = run
+        if digest is None:
+            details["message"] = "not a readable regular file: no digest"
+        else:
+            details["digest"] = digest
+        rt.emit(EventKind.ARTIFACT_SAVED, digest or str(f), details)
 
 
 def report() -> dict[str, Any]:

@@ -21,6 +21,8 @@ launch. Usage and configuration errors raise before launch (the CLI exits 2).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
 import secrets
 import signal
@@ -34,6 +36,7 @@ from typing import Any
 from trainguard.core.errors import ConfigError, UsageError
 from trainguard.core.events import Event, EventKind, EventSink, JsonlSink, MultiSink
 from trainguard.core.findings import Severity
+from trainguard.core.identity import Identity
 from trainguard.guard import _boot
 from trainguard.guard.config import GuardConfig, load_guard_config
 from trainguard.guard.report import RunSummary, merge
@@ -69,6 +72,10 @@ class Prepared:
     env: dict[str, str]
     refuse: bool = False
     notes: list[str] = field(default_factory=list)
+    #: the identity the launcher's events carry: the workers' (same job id, host, user)
+    identity: Identity | None = None
+    #: ``environment_digest`` of ``--env-snapshot``, when it could be read
+    env_digest: str | None = None
 
 
 def _run_id() -> str:
@@ -136,17 +143,76 @@ def prepare(options: RunOptions, *, base_env: dict[str, str] | None = None) -> P
     if cfg_path is not None:
         env[_boot.ENV_CONFIG] = str(Path(cfg_path).absolute())
     prepared = Prepared(config, run_id, run_dir, events, env)
-    # The launcher's own events carry the job id the workers will have.
-    saved = os.environ.get("TRAINGUARD_JOB_ID")
-    os.environ["TRAINGUARD_JOB_ID"] = run_id
-    try:
-        _pre_launch(prepared, options)
-    finally:
-        if saved is None:
-            os.environ.pop("TRAINGUARD_JOB_ID", None)
-        else:
-            os.environ["TRAINGUARD_JOB_ID"] = saved
+    if options.env_snapshot is not None:
+        prepared.env_digest = _snapshot_digest(prepared, options.env_snapshot)
+    # The launcher's own events carry the job id (and host, user) the workers will have.
+    prepared.identity = Identity.current(env=env)
+    clean_env = _pre_launch(prepared, options, Path(cfg_path) if cfg_path else None)
+    if prepared.env_digest is not None and clean_env:
+        # every worker's Identity.env_digest (core/identity.py): only for an environment
+        # that matched the snapshot
+        env["TRAINGUARD_ENV_DIGEST"] = prepared.env_digest
+        prepared.identity = prepared.identity.with_(env_digest=prepared.env_digest)
     return prepared
+
+
+def _snapshot_digest(prepared: Prepared, snapshot: Path) -> str | None:
+    try:
+        from trainguard.envcheck.snapfile import load_snapshot
+
+        snap, _raw = load_snapshot(snapshot)
+    except Exception as exc:  # the env check reports an unreadable snapshot itself
+        prepared.notes.append(f"cannot read the environment digest of {snapshot}: "
+                              f"{type(exc).__name__}: {exc}")
+        return None
+    digest = getattr(snap, "environment_digest", None)
+    return digest if isinstance(digest, str) and digest else None
+
+
+def _event(prepared: Prepared, kind: str, subject: str, details: dict[str, Any],
+           **kwargs: Any) -> Event:
+    """An event of the launcher: the job's identity, ``details.run`` the run id."""
+    return Event.now(kind, subject, {**details, "run": prepared.run_id},
+                     identity=prepared.identity, **kwargs)
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """A TOML value as plain JSON (dates and times as strings; non-finite floats spelled)."""
+    if depth > 16:
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in list(value.items())[:2000]}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value[:2000]]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return str(value)
+
+
+def _run_details(prepared: Prepared, options: RunOptions,
+                 cfg_path: Path | None) -> dict[str, Any]:
+    """``run.started`` details (docs/investigate.md, "Event details keys relied on")."""
+    details: dict[str, Any] = {
+        "command": [str(a)[:1000] for a in options.command[:50]],
+        "mode": prepared.config.mode, "cwd": str(Path.cwd()),
+        "git_commit": prepared.identity.git_commit if prepared.identity else None,
+    }
+    if cfg_path is not None:
+        details["config_path"] = str(cfg_path.absolute())
+        try:
+            data = cfg_path.read_bytes()
+            details["config_digest"] = "sha256:" + hashlib.sha256(data).hexdigest()
+            from trainguard.core.config import load_config
+
+            details["config"] = {"guard": _json_safe(load_config(cfg_path).section("guard"))}
+        except (OSError, ConfigError) as exc:
+            prepared.notes.append(f"cannot record config {cfg_path}: {exc}")
+    if prepared.env_digest is not None:
+        details["env_digest"] = prepared.env_digest
+        details["env_snapshot"] = str(options.env_snapshot)
+    return details
 
 
 def _launcher_sink(prepared: Prepared) -> MultiSink:
@@ -163,26 +229,34 @@ def _launcher_sink(prepared: Prepared) -> MultiSink:
     return MultiSink(sinks)
 
 
-def _pre_launch(prepared: Prepared, options: RunOptions) -> None:
+def _pre_launch(prepared: Prepared, options: RunOptions, cfg_path: Path | None) -> bool:
+    """Record run.started, check the environment, verify the inputs; True when the
+    environment check ran and was clean."""
     sink = _launcher_sink(prepared)
-    emit = sink.emit
+
+    def emit(event: Event) -> None:
+        # the launcher's identity and the run id on every pre-launch event
+        sink.emit(Event(event.kind, event.subject, {**event.details, "run": prepared.run_id},
+                        prepared.identity, event.time, event.severity, event.rule_id))
+
+    clean = False
     try:
-        emit(Event.now(EventKind.RUN_STARTED, prepared.run_id,
-                       {"command": list(options.command)[:50], "mode": prepared.config.mode,
-                        "cwd": str(Path.cwd())}))
+        sink.emit(_event(prepared, EventKind.RUN_STARTED, prepared.run_id,
+                         _run_details(prepared, options, cfg_path)))
         if options.skip_env_check:
             prepared.notes.append("environment check skipped (--skip-env-check)")
             emit(Event.now(EventKind.ENV_CHECK, "skipped", {"message": "--skip-env-check"}))
         else:
-            _env_check(prepared, emit, options.env_snapshot)
+            clean = _env_check(prepared, emit, options.env_snapshot)
         for path, signature in options.inputs:
             _verify_input(prepared, emit, path, signature)
     finally:
         sink.close()
+    return clean
 
 
 def _env_check(prepared: Prepared, emit: Callable[[Event], None],
-               snapshot: Path | None) -> None:
+               snapshot: Path | None) -> bool:
     """The environment check of ``trainguard.envcheck`` (issue 4): quick (size and ctime, no
     hashing) against ``--env-snapshot``, else RECORD verification of this interpreter's
     environment. Findings at medium or above are reported; nothing here stops the launch."""
@@ -191,7 +265,7 @@ def _env_check(prepared: Prepared, emit: Callable[[Event], None],
     except ImportError:
         prepared.notes.append("environment check unavailable (trainguard.envcheck missing)")
         emit(Event.now(EventKind.ENV_CHECK, "unavailable", {"message": "env check unavailable"}))
-        return
+        return False
     t0 = time.perf_counter()
     try:
         if snapshot is not None:
@@ -204,7 +278,7 @@ def _env_check(prepared: Prepared, emit: Callable[[Event], None],
         prepared.notes.append(f"environment check failed to run: {type(exc).__name__}: {exc}")
         emit(Event.now(EventKind.ENV_CHECK, "error", {"message": f"{type(exc).__name__}: {exc}"},
                        severity=Severity.MEDIUM, rule_id="TG-GRD-017"))
-        return
+        return False
     seconds = round(time.perf_counter() - t0, 3)
     findings = [f for f in getattr(result, "findings", []) or []
                 if getattr(f, "severity", Severity.HIGH) >= Severity.MEDIUM]
@@ -217,15 +291,24 @@ def _env_check(prepared: Prepared, emit: Callable[[Event], None],
                                      f"{getattr(getattr(f, 'location', None), 'path', '')}"[:200]
                                      for f in findings[:50]]},
                        severity=Severity.MEDIUM, rule_id="TG-GRD-017"))
-    else:
-        prepared.notes.append(f"environment check ({how}): clean in {seconds} s")
-        emit(Event.now(EventKind.ENV_VERIFIED, "quick" if snapshot else "record",
-                       {"message": "clean", "seconds": seconds}))
+        return False
+    prepared.notes.append(f"environment check ({how}): clean in {seconds} s")
+    emit(Event.now(EventKind.ENV_VERIFIED, "quick" if snapshot else "record",
+                   {"message": "clean", "seconds": seconds}))
+    return True
 
 
 def _verify_input(prepared: Prepared, emit: Callable[[Event], None], path: Path,
                   signature: Path) -> None:
+    """Verify a declared input. The event's subject is the digest of what was checked when it
+    is known (a file's ``sha256``; a directory's OMS v1.0 root digest once it verified, with
+    ``file_digests``), else the absolute path; ``details.path`` is always the absolute path
+    (docs/investigate.md: paths are compared, so all events must spell them alike)."""
+    apath = path.absolute()
+    file_hex = _digest_of_file(apath)
+    details: dict[str, Any] = {"path": str(apath), "signature": str(signature.absolute())}
     why = None
+    result: Any = None
     try:
         from trainguard.integrity.verify import verify
     except ImportError:
@@ -237,20 +320,70 @@ def _verify_input(prepared: Prepared, emit: Callable[[Event], None], path: Path,
                 why = f"does not verify: {getattr(result, 'changes', '')}"
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
+    subject = file_hex
+    if result is not None and file_hex is None and why is None:
+        root = getattr(result, "root_digest", None)
+        if isinstance(root, str) and root:
+            subject = f"sha256:{root}"  # a directory: the signed manifest's root digest
+            details["file_digests"] = _signed_file_digests(apath, signature)
+    if subject is not None:
+        details["digest"] = subject
+    expected = _expected_digest(result)
+    if expected is not None:
+        details["expected"] = expected
     if why is None:
         prepared.notes.append(f"input {path}: verified")
-        emit(Event.now(EventKind.ARTIFACT_VERIFIED, str(path.absolute()),
-                       {"path": str(path), "signature": str(signature)}))
+        emit(Event.now(EventKind.ARTIFACT_VERIFIED, subject or str(apath), details))
         return
     refuse = prepared.config.enforce
     prepared.refuse = prepared.refuse or refuse
     prepared.notes.append(f"input {path}: NOT verified ({why})"
                           + ("; launch refused" if refuse else ""))
-    emit(Event.now(EventKind.ARTIFACT_VERIFY_FAILED, str(path.absolute()),
-                   {"message": f"{path}: {why}", "path": str(path),
-                    "signature": str(signature),
+    emit(Event.now(EventKind.ARTIFACT_VERIFY_FAILED, subject or str(apath),
+                   {**details, "message": f"{path}: {why}"[:2000],
                     "action": "blocked" if refuse else "recorded"},
                    severity=Severity.CRITICAL, rule_id="TG-GRD-016"))
+
+
+def _digest_of_file(path: Path) -> str | None:
+    """``sha256:<hex>`` of a regular file, None for a directory or an unreadable path."""
+    try:
+        if not path.is_file():
+            return None
+        from trainguard.integrity.hashing import file_digest
+
+        return "sha256:" + file_digest(path).hex()
+    except OSError:
+        return None
+
+
+def _expected_digest(result: Any) -> str | None:
+    """The digest the signature expected for a one-file input that did not match."""
+    for change in getattr(result, "changes", ()) or ():
+        if isinstance(change, dict) and change.get("file") == "." and isinstance(
+                change.get("expected"), str):
+            return f"sha256:{change['expected']}"
+    return None
+
+
+#: per-file digests recorded for a verified directory input
+MAX_FILE_DIGESTS = 10_000
+
+
+def _signed_file_digests(model: Path, signature: Path) -> dict[str, str]:
+    """``{relative path: "sha256:<hex>"}`` of a files-method sha256 signature (read after it
+    verified, so these are the bytes on disk); empty for other methods."""
+    try:
+        from trainguard.integrity.bundle import Bundle
+        from trainguard.integrity.manifest import Manifest
+
+        manifest = Manifest.from_statement(Bundle.read(signature).statement())
+    except Exception:
+        return {}
+    ser = manifest.serialization
+    if ser.method != "files" or ser.hash_type != "sha256":
+        return {}
+    return {r.name: f"sha256:{r.digest.hex()}" for r in manifest.resources[:MAX_FILE_DIGESTS]}
 
 
 def launch(prepared: Prepared, command: Sequence[str]) -> int:
@@ -280,17 +413,12 @@ def launch(prepared: Prepared, command: Sequence[str]) -> int:
 def finish(prepared: Prepared, child_exit: int | None) -> RunSummary:
     """Merge the event files, write ``run.finished``, summarise and choose the exit status."""
     sink = _launcher_sink(prepared)
-    saved = os.environ.get("TRAINGUARD_JOB_ID")
-    os.environ["TRAINGUARD_JOB_ID"] = prepared.run_id
     try:
-        sink.emit(Event.now(EventKind.RUN_FINISHED, prepared.run_id,
-                            {"exit": child_exit, "launched": child_exit is not None}))
+        sink.emit(_event(prepared, EventKind.RUN_FINISHED, prepared.run_id,
+                         {"exit": child_exit, "launched": child_exit is not None,
+                          "status": "ok" if child_exit == 0 else "failed"}))
     finally:
         sink.close()
-        if saved is None:
-            os.environ.pop("TRAINGUARD_JOB_ID", None)
-        else:
-            os.environ["TRAINGUARD_JOB_ID"] = saved
     if sink.errors:
         prepared.notes.append(f"launcher events: {sink.errors[0]}")
     summary = merge(prepared.run_dir / "proc", prepared.events, prepared.config.mode)

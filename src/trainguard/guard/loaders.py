@@ -22,6 +22,10 @@ Verify-before-load: a load of a file under a ``[guard] signed`` artifact reads t
 verifies their digest against the signature (``trainguard.integrity.verify.verify(...,
 files=[rel], digests={rel: digest})``) and hands the loader those same bytes, so the file cannot
 change between check and use.
+
+Every load of a file through a wrapper is recorded as ``artifact.loaded {path, digest,
+loader}`` (docs/investigate.md): the verified digest, else the file hashed once per unchanged
+file, at most :data:`MAX_RECORDED_LOADS` files per process.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from trainguard.guard.runtime import GuardRuntime, GuardStopped
 #: callers whose unpickling is the job's own inter-process traffic, not a file
 IPC_MODULES = ("multiprocessing.", "concurrent.futures", "torch.multiprocessing",
                "torch.distributed", "multiprocess.")
+#: distinct files hashed per process for artifact.loaded (verified loads are always recorded)
+MAX_RECORDED_LOADS = 256
 
 
 class LoadRefused(GuardStopped):
@@ -100,6 +106,11 @@ class LoadGate:
         self._decided: dict[tuple[str, str], tuple[bool, str, str]] = {}
         self.refused_type = _make_refused()
         self.wrapped: dict[str, Any] = {}
+        #: (path, digest) of the loads recorded as artifact.loaded; loads past the cap
+        self._recorded: set[tuple[str, str]] = set()
+        self.unrecorded = 0
+        #: path -> digest verified by verify-before-load (last one)
+        self._verified: dict[str, str] = {}
 
     # ------------------------------------------------------------------ decisions
     @property
@@ -181,8 +192,11 @@ class LoadGate:
                 "filename")))
             path = _describe_source(source)
             caller, _imm = frames.attribute(sys._getframe(1))
-            args = gate.rt.protect("verify-before-load", gate.verify_before_load, path, args,
-                                   kwargs, loader) or args
+            checked = gate.rt.protect("verify-before-load", gate.check_before_load, path, args,
+                                      loader)
+            new_args, verified = checked if checked is not None else (None, None)
+            args = new_args or args
+            gate.rt.protect("record-load", gate.record_load, source, path, loader, verified)
             token = _LOAD.set(LoadContext(path, loader, caller))
             try:
                 return original(*args, **kwargs)
@@ -225,9 +239,45 @@ class LoadGate:
     def verify_before_load(self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                            loader: str) -> tuple[Any, ...] | None:
         """Verify a signed file's bytes; return args with the file replaced by those bytes."""
+        return self.check_before_load(path, args, loader)[0]
+
+    def record_load(self, source: Any, path: str, loader: str, digest: str | None) -> None:
+        """Record ``artifact.loaded {path, digest, loader}`` for a load of a file.
+
+        Only files named by a path (or by an open file's name) are recorded: in-memory bytes
+        have no file to name, and the job's own inter-process pickles never reach a file
+        loader. The digest is the verified one when verify-before-load read the bytes, else
+        the file is hashed here (memoised per unchanged file). Each (path, digest) is recorded
+        once per process, and at most ``MAX_RECORDED_LOADS`` files are hashed: a data loader
+        reading thousands of ``.npy`` files is not made to read each twice.
+        """
+        if digest is None:
+            named = isinstance(source, (str, bytes, os.PathLike)) or isinstance(
+                getattr(source, "name", None), (str, bytes))
+            if not named or not os.path.isabs(path):
+                return
+            if len(self._recorded) >= MAX_RECORDED_LOADS:
+                self.unrecorded += 1
+                return
+            digest = self.rt.file_digest(path)
+            if digest is None:
+                return
+        if (path, digest) in self._recorded:
+            return
+        self._recorded.add((path, digest))
+        self.rt.record_load(digest, path)
+        self.rt.emit(EventKind.ARTIFACT_LOADED, digest,
+                     {"path": path, "digest": digest, "loader": loader,
+                      "verified": digest == self._verified.get(path)})
+
+    def check_before_load(self, path: str, args: tuple[Any, ...],
+                          loader: str) -> tuple[tuple[Any, ...] | None, str | None]:
+        """Verify-before-load: (args with the file replaced by the verified bytes, or None;
+        the verified ``sha256:<hex>`` digest, or None when the file is not under a signed
+        artifact)."""
         art = self._signed_for(path) if self.rt.config.signed else None
         if art is None:
-            return None
+            return None, None
         with open(path, "rb") as fh:
             data = fh.read()
         digest = hashlib.sha256(data).digest()
@@ -243,12 +293,15 @@ class LoadGate:
                                details={"file": path, "signature": str(art.signature)})
             except GuardStopped as exc:
                 raise self.refused_type(str(exc), rule_id="TG-GRD-013") from None
-            return None
-        self.rt.emit(EventKind.ARTIFACT_VERIFIED, f"sha256:{digest.hex()}",
-                     {"path": path, "signature": str(art.signature), "loader": loader})
+            return None, None
+        hexed = f"sha256:{digest.hex()}"
+        self._verified[path] = hexed
+        self.rt.emit(EventKind.ARTIFACT_VERIFIED, hexed,
+                     {"path": path, "digest": hexed, "signature": str(art.signature),
+                      "loader": loader})
         if args:
-            return (io.BytesIO(data), *args[1:])
-        return None
+            return (io.BytesIO(data), *args[1:]), hexed
+        return None, hexed
 
 
 def _verify(model_dir: str, signature: str, rel: str, digest: bytes) -> tuple[bool, str]:

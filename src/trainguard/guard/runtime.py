@@ -36,6 +36,8 @@ from trainguard.guard.frames import UNKNOWN, CodeLocation
 GUARD_SUMMARY = EventKind.GUARD_SUMMARY
 GUARD_SEED = EventKind.GUARD_SEED
 GUARD_STARTED = EventKind.GUARD_STARTED
+#: most loaded digests remembered per process (the inputs of a checkpoint it saves)
+MAX_INPUTS = 1024
 
 
 class GuardStopped(TrainguardError):
@@ -78,6 +80,10 @@ class GuardRuntime:
         self.training_started = False
         self.steps = 0
         self.pending_stop: GuardStopped | None = None
+        #: digests of the files this process loaded through the load gate, first-seen order
+        #: (``artifact.saved`` names them as a checkpoint's ``inputs``); at most MAX_INPUTS
+        self.loaded: dict[str, str] = {}
+        self._digests: dict[tuple[int, ...], str] = {}
         self._report_factory_errors()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
@@ -142,6 +148,43 @@ class GuardRuntime:
         for msg in self._factory_errors:
             self.error("sink-setup", RuntimeError(msg))
         self._factory_errors.clear()
+
+    # ------------------------------------------------------------------ digests of files
+    def file_digest(self, path: str) -> str | None:
+        """``sha256:<hex>`` of a regular file (None for anything else), hashed with the guard's
+        busy flag set (its own reads are not audited and do not name the next bare unpickling).
+        Memoised per process on (device, inode, size, mtime, ctime): loading the same unchanged
+        file again costs one ``stat``."""
+        import stat as stat_mod
+
+        from trainguard.integrity.hashing import file_digest
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        hit = self._digests.get(key)
+        if hit is not None:
+            return hit
+        prev = getattr(self.local, "busy", False)
+        self.local.busy = True
+        try:
+            digest = "sha256:" + file_digest(Path(path)).hex()
+        except OSError:
+            return None
+        finally:
+            self.local.busy = prev
+        if len(self._digests) < 4096:
+            self._digests[key] = digest
+        return digest
+
+    def record_load(self, digest: str, path: str) -> None:
+        """Remember a loaded file (a checkpoint saved later names it as an input)."""
+        if digest not in self.loaded and len(self.loaded) < MAX_INPUTS:
+            self.loaded[digest] = path
 
     # ------------------------------------------------------------------ busy flag
     def busy(self) -> bool:

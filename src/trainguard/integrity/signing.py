@@ -193,13 +193,33 @@ def sign(model_path: str | os.PathLike[str], key: KeyLike | None = None,
     except OSError as exc:
         raise InputError(f"cannot write signature {out}: {exc.strerror or exc}") from None
     if sink is not None:
+        details: dict[str, Any] = {
+            "path": str(model.absolute()), "signature": str(out.absolute()),
+            "files": len(manifest.files()), "signer": material.signer_id,
+            "method": method, "hash_type": hash_type, "run": run_info.to_dict()}
+        file_digests = signed_file_digests(manifest)
+        if file_digests is not None:
+            details["file_digests"] = file_digests
         sink.emit(Event.now(EventKind.ARTIFACT_SIGNED, f"sha256:{manifest.root_digest().hex()}",
-                            {"path": str(model), "signature": str(out),
-                             "files": len(manifest.files()), "signer": material.signer_id,
-                             "method": method, "hash_type": hash_type,
-                             "run": run_info.to_dict()},
-                            identity=ident))
+                            details, identity=ident))
     return out
+
+
+#: per-file digests written into one ``artifact.signed`` event (the event stays well under
+#: the ledger's entry limit; a larger manifest is still signed, its event lists none)
+MAX_EVENT_FILE_DIGESTS = 10_000
+
+
+def signed_file_digests(manifest: Manifest) -> dict[str, str] | None:
+    """``{relative path: "<hash>:<hex>"}`` of a files-method manifest, for the
+    ``artifact.signed`` event: the subject is the OMS v1.0 root digest (sha256 over the resource
+    digests), which a loaded file's digest cannot be compared with once there are several files
+    (docs/investigate.md). None for shards (a file's digest is not in the manifest) or for a
+    manifest over :data:`MAX_EVENT_FILE_DIGESTS` files. A one-file model's entry is ``"."``."""
+    ser = manifest.serialization
+    if ser.method != "files" or len(manifest.resources) > MAX_EVENT_FILE_DIGESTS:
+        return None
+    return {r.name: f"{ser.hash_type}:{r.digest.hex()}" for r in manifest.resources}
 
 
 def _run_info(run: RunInfo | Mapping[str, Any] | None, ident: Identity) -> RunInfo:
@@ -293,7 +313,8 @@ def cosign(model_path: str | os.PathLike[str], signature: str | os.PathLike[str]
         ident = (identity or Identity.current()).with_(signer=material.signer_id)
         sink.emit(Event.now(EventKind.ARTIFACT_COSIGNED,
                             f"sha256:{manifest.root_digest().hex()}",
-                            {"path": str(model), "signature": str(sig_path),
+                            {"path": str(model.absolute()),
+                             "signature": str(sig_path.absolute()),
                              "cosigner": material.signer_id}, identity=ident))
     return att_path
 
