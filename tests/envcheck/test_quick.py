@@ -154,3 +154,15 @@ def test_fifo_swapped_in_is_named_and_never_read(env: Env, tmp_path: Path) -> No
     assert str(target) in hits(quick, "TG-ENV-020")  # type: ignore[arg-type]
     full = _no_hang(lambda: verify(env, against=snap))
     assert str(target) in {f.location.path for f in full.findings}  # type: ignore[attr-defined]
+
+
+def test_quick_check_of_another_interpreter_is_a_finding(env: Env, base_env: Env,
+                                                          tmp_path: Path) -> None:
+    """`trainguard run --env-snapshot` checks the job's interpreter: a snapshot of some other
+    environment must not pass as "clean" for it."""
+    snap = snapshot_to(env, tmp_path / "snap.json")
+    assert not verify(env, against=snap, quick=True).findings
+    other = envcheck.verify(base_env.python, against=snap, quick=True, environ={})
+    assert [f.rule_id for f in other.findings] == ["TG-ENV-015"]
+    assert str(env.root) in other.findings[0].evidence
+    assert str(base_env.root) in other.findings[0].evidence

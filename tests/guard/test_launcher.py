@@ -188,3 +188,27 @@ if __name__ == "__main__":
     # the ledger holds what the merged JSONL file holds
     assert len(events) == len(run.events)
     ledger.verify()
+
+
+def test_the_env_check_targets_the_jobs_interpreter(tmp_path: Path) -> None:
+    """The environment checked before launch is the one the command runs in: a python named
+    directly, or the interpreter of a console script's #! line (torchrun, accelerate)."""
+    from trainguard.guard.launcher import job_interpreter
+
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    py = bin_dir / "python3"
+    py.write_text("")
+    py.chmod(0o755)
+    script = bin_dir / "torchrun"
+    script.write_text(f"#!{py}\nimport sys\n")
+    script.chmod(0o755)
+    env_script = bin_dir / "accelerate"
+    env_script.write_text("#!/usr/bin/env python3\n")
+    env_script.chmod(0o755)
+    env = {"PATH": str(bin_dir)}
+    assert job_interpreter(["python3", "train.py"], env) == py
+    assert job_interpreter(["torchrun", "--nproc-per-node", "2", "train.py"], env) == py
+    assert job_interpreter(["accelerate", "launch"], env) == py
+    assert job_interpreter(["no-such-command"], env) == Path(sys.executable)
+    assert job_interpreter(["sh", "-c", "true"], {"PATH": "/bin:/usr/bin"}) == Path(sys.executable)

@@ -142,16 +142,27 @@ def test_real_commands_then_investigate_names_the_tampered_base_and_mallory(
     signed = _events(w / "signed.jsonl")[0]
     assert signed["details"]["file_digests"] == {".": good}
 
-    # the environment the runs are checked against (a small real venv: snapshots are quick)
+    # the environment the runs are checked against and run in: a small real venv (snapshots
+    # are quick) whose .pth adds the test environment's torch and trainguard by path (a plain
+    # path line: nothing executes). The launcher checks the job's own interpreter, so the job
+    # runs with this venv's python.
     subprocess.run([PY, "-m", "venv", "--without-pip", str(w / "venv")], check=True,
                    timeout=120)
+    job_py = str(w / "venv" / "bin" / "python")
+    import torch
+
+    import trainguard as tg
+
+    paths = [str(Path(torch.__file__).parents[1]), str(Path(tg.__file__).parents[1])]
+    site = next((w / "venv" / "lib").glob("python3*/site-packages"))
+    (site / "test-env.pth").write_text("\n".join(paths) + "\n", encoding="utf-8")
     _cli(w, "env", "snapshot", "--python", str(w / "venv"), "-o", "env.json", env=alice)
     env_digest = json.loads((w / "env.json").read_text(encoding="utf-8"))["environment_digest"]
 
     # run A: clean
     run_args = ["run", "--env-snapshot", "env.json", "--ledger", ledger, "--input", "base.pt",
                 "--signature", "base.pt.sig"]
-    _cli(w, *run_args, "--events", "A.jsonl", "--", PY, "train.py", "out/a.pt",
+    _cli(w, *run_args, "--events", "A.jsonl", "--", job_py, "train.py", "out/a.pt",
          env=_env("alice", "lab-01", "run-A"))
     a_events = _events(w / "A.jsonl")
     started = next(e for e in a_events if e["kind"] == "run.started")
@@ -182,7 +193,7 @@ def test_real_commands_then_investigate_names_the_tampered_base_and_mallory(
          env=mallory)
 
     # run B: the same job, on the tampered base (monitor mode: it runs, and is recorded)
-    _cli(w, *run_args, "--events", "B.jsonl", "--", PY, "train.py", "out/b.pt",
+    _cli(w, *run_args, "--events", "B.jsonl", "--", job_py, "train.py", "out/b.pt",
          env=_env("alice", "lab-01", "run-B"))
     b_events = _events(w / "B.jsonl")
     failed = next(e for e in b_events if e["kind"] == "artifact.verify_failed")

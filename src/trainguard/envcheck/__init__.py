@@ -101,8 +101,10 @@ def verify(python: PathLike | None = None, *, against: PathLike | None = None,
         if quick:
             from trainguard.envcheck.quick import quick_verify_index
 
-            return quick_verify_index(load_quick_index(data, Path(against)), environ=environ,
-                                      collector=c, workers=workers)
+            idx = load_quick_index(data, Path(against))
+            if python is not None:
+                _check_same_environment(c, python, idx.prefix)
+            return quick_verify_index(idx, environ=environ, collector=c, workers=workers)
         snap = decode_snapshot(data, Path(against))
     from trainguard.envcheck.checks import verify_environment
     from trainguard.envcheck.lock import load_lock
@@ -111,6 +113,20 @@ def verify(python: PathLike | None = None, *, against: PathLike | None = None,
                               lock=load_lock(lock) if lock is not None else None,
                               policy=policy, workers=workers, environ=environ,
                               progress=progress, collector=c)
+
+
+def _check_same_environment(c: Collector, python: PathLike, snap_prefix: str) -> None:
+    """Quick mode checks the files the snapshot lists; when an interpreter is named, it must be
+    the snapshot's environment, or a job would run in an environment nobody checked."""
+    from trainguard.envcheck.probe import probe, resolve_python
+
+    exe = resolve_python(python)
+    venv = exe.parent.parent
+    # a virtual environment's prefix is the directory holding pyvenv.cfg (PEP 405): no probe
+    prefix = str(venv) if (venv / "pyvenv.cfg").is_file() else probe(exe).prefix
+    if os.path.realpath(prefix) != os.path.realpath(snap_prefix):
+        c.add("TG-ENV-015", exe, f"the snapshot describes {snap_prefix}; this interpreter's "
+              f"environment is {prefix}", snapshot_prefix=snap_prefix, prefix=prefix)
 
 
 def _check_signature(c: Collector, snap_path: Path, data: bytes, pubkey: Any,

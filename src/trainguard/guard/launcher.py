@@ -27,8 +27,9 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,8 @@ def _pre_launch(prepared: Prepared, options: RunOptions, cfg_path: Path | None) 
             prepared.notes.append("environment check skipped (--skip-env-check)")
             emit(Event.now(EventKind.ENV_CHECK, "skipped", {"message": "--skip-env-check"}))
         else:
-            clean = _env_check(prepared, emit, options.env_snapshot)
+            clean = _env_check(prepared, emit, options.env_snapshot,
+                               job_interpreter(options.command, prepared.env))
         for path, signature in options.inputs:
             _verify_input(prepared, emit, path, signature)
     finally:
@@ -255,11 +257,40 @@ def _pre_launch(prepared: Prepared, options: RunOptions, cfg_path: Path | None) 
     return clean
 
 
+def job_interpreter(command: Sequence[str], env: Mapping[str, str]) -> Path:
+    """The Python interpreter the job will run: the command itself when it is a python, else the
+    interpreter of its ``#!`` line (``torchrun``, ``accelerate``, console scripts), else the one
+    running trainguard. Read from the file, never executed."""
+    import shutil
+
+    exe = shutil.which(command[0], path=env.get("PATH")) if command else None
+    if exe is None:
+        return Path(sys.executable)
+    if Path(exe).name.startswith("python"):
+        return Path(exe)
+    try:
+        with open(exe, "rb") as fh:
+            first = fh.readline(512)
+    except OSError:
+        return Path(sys.executable)
+    if first.startswith(b"#!"):
+        words = first[2:].decode("utf-8", "replace").split()
+        # "#!/usr/bin/env python3" or "#!/venv/bin/python"
+        if words and Path(words[0]).name == "env" and len(words) > 1:
+            found = shutil.which(words[1], path=env.get("PATH"))
+            if found and Path(found).name.startswith("python"):
+                return Path(found)
+        elif words and Path(words[0]).name.startswith("python"):
+            return Path(words[0])
+    return Path(sys.executable)
+
+
 def _env_check(prepared: Prepared, emit: Callable[[Event], None],
-               snapshot: Path | None) -> bool:
+               snapshot: Path | None, python: Path | None = None) -> bool:
     """The environment check of ``trainguard.envcheck`` (issue 4): quick (size and ctime, no
-    hashing) against ``--env-snapshot``, else RECORD verification of this interpreter's
-    environment. Findings at medium or above are reported; nothing here stops the launch."""
+    hashing) against ``--env-snapshot``, else RECORD verification, of the environment of the
+    job's interpreter (``python``); a snapshot of another environment is a finding. Findings at
+    medium or above are reported; nothing here stops the launch."""
     try:
         from trainguard import envcheck
     except ImportError:
@@ -269,11 +300,11 @@ def _env_check(prepared: Prepared, emit: Callable[[Event], None],
     t0 = time.perf_counter()
     try:
         if snapshot is not None:
-            result: Any = envcheck.verify(against=snapshot, quick=True)
+            result: Any = envcheck.verify(python, against=snapshot, quick=True)
             how = f"quick, against {snapshot}"
         else:
-            result = envcheck.verify()
-            how = "RECORD files of this interpreter's environment"
+            result = envcheck.verify(python)
+            how = f"RECORD files of the environment of {python or sys.executable}"
     except Exception as exc:
         prepared.notes.append(f"environment check failed to run: {type(exc).__name__}: {exc}")
         emit(Event.now(EventKind.ENV_CHECK, "error", {"message": f"{type(exc).__name__}: {exc}"},
