@@ -255,6 +255,31 @@ def test_update_direction_with_every_10() -> None:
     assert ("TG-GRD-102", 30) in rules_at(events)
 
 
+
+def test_update_direction_every_10_covers_every_chunk() -> None:
+    """8 parameter tensors = 2 chunks of 4: with every = 10 each chunk is judged in turn (an
+    even chunk count once left chunk 0 unjudged). The payload flips the first two layers only."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32),
+                          nn.ReLU(), nn.Linear(32, 1))
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = list(model.parameters())[:4]
+    saved: list[torch.Tensor] = []
+
+    def before(step: int, model: nn.Module, optim: Any) -> None:
+        saved[:] = [p.detach().clone() for p in first]
+
+    def after(step: int, model: nn.Module, optim: Any) -> None:
+        with torch.no_grad():  # PAYLOAD: reverse the update of the first two layers
+            for p, old in zip(first, saved, strict=True):
+                p.copy_(2 * old - p)
+
+    events, _ = train(steps=40, before_step=before, after_step=after, model_opt=(model, optim),
+                      config=MonitorConfig(watchdog=None, every=10, metrics_every=10))
+    hits = {s for r, s in rules_at(events) if r == "TG-GRD-102"}
+    assert hits == {10, 30}  # chunk 0 at steps 10 and 30; chunk 1 (not flipped) at 20
+
+
 # --- RNG --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("reseed", "generator", "seed"), [

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -31,6 +30,14 @@ from trainguard.core.findings import Severity
 from trainguard.guard.detection import Detection
 
 _MAD_SIGMA = 1.4826  # MAD -> sigma for normal data
+
+
+def _median(values: list[float]) -> float:
+    """statistics.median without its type dispatch (this runs every step on short lists)."""
+    s = sorted(values)
+    n = len(s)
+    mid = n // 2
+    return s[mid] if n % 2 else (s[mid - 1] + s[mid]) / 2
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,8 @@ class LossMonitor:
         hist = self._hist
         if len(hist) >= cfg.min_history:
             window = list(hist)[-cfg.window:]
-            med = statistics.median(window)
-            sigma = _MAD_SIGMA * statistics.median(abs(x - med) for x in window)
+            med = _median(window)
+            sigma = _MAD_SIGMA * _median([abs(x - med) for x in window])
             # A flat window (MAD 0) falls back to a tiny fraction of the level so a constant
             # loss does not make every wiggle infinitely significant.
             sigma = max(sigma, 1e-3 * abs(med), 1e-12)
@@ -118,11 +125,11 @@ class LossMonitor:
             return None
         values = list(self._hist)[-3 * n:]
         w0, w1, w2 = values[:n], values[n:2 * n], values[2 * n:]
-        m0, m1, m2 = (statistics.median(w) for w in (w0, w1, w2))
+        m0, m1, m2 = _median(w0), _median(w1), _median(w2)
         # Noise of a window median: sigma * 1.2533 / sqrt(n) (median of normal samples); sigma
         # from the MAD of the last two windows around their own medians (removes the trend).
         resid = [x - m1 for x in w1] + [x - m2 for x in w2]
-        sigma = _MAD_SIGMA * statistics.median(abs(r) for r in resid)
+        sigma = _MAD_SIGMA * _median([abs(r) for r in resid])
         se = max(sigma * 1.2533 / math.sqrt(n), 1e-12)
         was_descending = m1 < m0
         margin = max(cfg.rise_ratio * abs(m1), cfg.rise_z * se)

@@ -189,10 +189,19 @@ class _Deferred:
     def push(self, what: str, meta: Any, tensors: Sequence[Any]
              ) -> list[tuple[str, Any, list[Any]]]:
         if not getattr(tensors[0], "is_cuda", False):
-            return [(what, meta, [float(t.detach()) if hasattr(t, "detach") else float(t)
-                                  for t in tensors])]
+            if len(tensors) == 1 or not all(hasattr(t, "detach") for t in tensors):
+                return [(what, meta, [float(t.detach()) if hasattr(t, "detach") else float(t)
+                                      for t in tensors])]
+            import torch
+
+            # host tensors: one read for all values (stack, then one tolist)
+            vals = torch.stack([t.detach().double().reshape(()) for t in tensors]).tolist()
+            return [(what, meta, [float(v) for v in vals])]
         import torch
 
+        # CUDA: no .item() (each is a stream sync). One device->host copy into pinned-less
+        # host memory with non_blocking, an event recorded behind it, and the values read at a
+        # later step once the event has completed (ready()), or at close().
         host = torch.stack([t.detach().float().reshape(()) for t in tensors]).to(
             "cpu", non_blocking=True)
         ev = torch.cuda.Event()  # type: ignore[no-untyped-call]
@@ -239,6 +248,7 @@ class TrainingMonitor:
         self._load_failed = False
         self._critical_seen = False
         self._names: dict[int, str] = {}
+        self._names_of: Any = None
         self._last_loss: float | None = None
         self.watchdog: Watchdog | None = None
         if cfg.watchdog is not None:
@@ -313,8 +323,10 @@ class TrainingMonitor:
                 if self.rng is not None:
                     found += self._run("rng", lambda: self.rng.check(step) if self.rng else [])
             if cfg.update_direction and cfg.every and step % cfg.every in (0, cfg.every - 1):
-                found += self._run("update_direction", lambda: self._direction(step, model,
-                                                                               optimizer))
+                # a snapshot for the next step only when the next step runs this check too
+                nxt = cfg.every <= 2 or (step + 1) % cfg.every in (0, cfg.every - 1)
+                found += self._run("update_direction", lambda: self._direction(
+                    step, model, optimizer, snapshot=nxt))
             found += self._run("deferred", self._collect_deferred)
             world = _dist_rank()[1]
             if world > 1 and cfg.crossrank_every and step % cfg.crossrank_every == 0:
@@ -383,11 +395,13 @@ class TrainingMonitor:
             out += self.loss.observe(meta, value)
         return out
 
-    def _direction(self, step: int, model: Any, optimizer: Any) -> list[Detection]:
-        if not self._names or len(self._names) < 1:
+    def _direction(self, step: int, model: Any, optimizer: Any, *,
+                   snapshot: bool = True) -> list[Detection]:
+        if self._names_of is not model:  # names only label detections: built once per model
             self._names = {id(p): n for n, p in model.named_parameters()} if model is not None \
                 else {}
-        _, pending = self.direction.check(step, optimizer, self._names)
+            self._names_of = model
+        _, pending = self.direction.check(step, optimizer, self._names, snapshot=snapshot)
         if pending is None:
             return []
         pstep, tensors, agree, total = pending
@@ -404,6 +418,9 @@ class TrainingMonitor:
             elif what == "loss":
                 self._last_loss = values[0]
                 out += self.loss.observe(meta, values[0])
+            elif what == "metric":
+                self._emit(Event.now(EventKind.GUARD_METRIC, self.subject,
+                                     {**meta, "grad_norm": json_float(values[0])}))
         return out
 
     def _collect_deferred(self) -> list[Detection]:
@@ -428,10 +445,14 @@ class TrainingMonitor:
             if grads:
                 import torch
 
-                # One fused pass (torch._foreach_norm); a host read every metrics_every steps.
+                # One fused pass over the gradients (torch._foreach_norm), one scalar result.
                 norms = torch._foreach_norm(grads)
-                details["grad_norm"] = json_float(float(torch.linalg.vector_norm(
-                    torch.stack([n.to(norms[0].device) for n in norms]))))
+                dev = norms[0].device
+                total = torch.linalg.vector_norm(
+                    torch.stack([n if n.device == dev else n.to(dev) for n in norms]))
+                # On CUDA the event waits for the value (read without a sync, _Deferred);
+                # on the CPU it is ready now.
+                return self._judge(self._deferred.push("metric", details, [total]))
         self._emit(Event.now(EventKind.GUARD_METRIC, self.subject, details))
         return []
 

@@ -38,7 +38,8 @@ COMMON_SEEDS: tuple[int, ...] = (*range(256), 1000, 1024, 1234, 1337, 2020, 2021
                                  2025, 2026, 3407, 4242, 12345, 31337, 42424, 123456, 2**31 - 1)
 
 
-def _digest(data: bytes) -> str:
+def _digest(data: Any) -> str:
+    # Any buffer (bytes, a NumPy array): hashing the array's buffer directly saves a copy.
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -54,20 +55,74 @@ def _np_state_bytes(state: Any) -> bytes:
     return f"{name}:{pos}:{has_gauss}:{cached}:".encode() + bytes(keys.tobytes())
 
 
+#: MT19937's C state struct (numpy/random/src/mt19937/mt19937.h): uint32 key[624]; int pos
+_MT_STATE_BYTES = 624 * 4 + 4
+#: "ok": whether the raw-struct read matched get_state() in this process (absent: not tried)
+_NP_RAW: dict[str, bool] = {}
+
+
+def _np_raw(rs: Any) -> bytes | None:
+    """The MT19937 key and position of a legacy RandomState, read from its C struct.
+
+    ``RandomState.get_state()`` copies the 624 words one by one (~110 us, most of this
+    check's time); the bit generator's documented ctypes interface gives the struct's address,
+    and one 2,500-byte read takes ~1 us. Used only after it was checked once in this process
+    against ``get_state()`` (layout, endianness); otherwise None (the slow path). The gauss
+    cache is not part of it: a reseed resets the key and position, which is what is compared.
+    """
+    if _NP_RAW.get("ok") is False:
+        return None
+    try:
+        import ctypes
+
+        bg = rs._bit_generator
+        if type(bg).__name__ != "MT19937":
+            return None
+        raw = ctypes.string_at(bg.ctypes.state_address, _MT_STATE_BYTES)
+        if "ok" not in _NP_RAW:
+            _, keys, pos, _, _ = rs.get_state()
+            ok = _NP_RAW["ok"] = raw == bytes(keys.astype("<u4").tobytes()) + int(pos).to_bytes(
+                4, "little", signed=True) and sys.byteorder == "little"
+            if not ok:
+                return None
+        return raw
+    except Exception:
+        _NP_RAW["ok"] = False
+        return None
+
+
+def _np_digest(rs: Any) -> str:
+    raw = _np_raw(rs)
+    if raw is not None:
+        return "r" + _digest(raw)
+    return _digest(_np_state_bytes(rs.get_state()))
+
+
+def _np_global() -> Any:
+    """NumPy's legacy global RandomState (what ``numpy.random.seed`` reseeds)."""
+    np = sys.modules["numpy"]
+    mtrand = getattr(np.random, "mtrand", None)
+    rs = getattr(mtrand, "_rand", None)
+    return rs if rs is not None else np.random
+
+
 def current_states() -> dict[str, str]:
     """Digests of the current global generator states, by generator name."""
     out: dict[str, str] = {"python": _py_state_digest(random.getstate())}
     torch = sys.modules.get("torch")
     if torch is not None:
-        out["torch"] = _digest(bytes(torch.get_rng_state().numpy().tobytes()))
+        out["torch"] = _digest(torch.get_rng_state().numpy())
         cuda = getattr(torch, "cuda", None)
         # Only already-initialised CUDA: touching an uninitialised one would initialise it.
+        # The CUDA (Philox) generator state is seed and offset kept on the host: reading it
+        # copies no device memory and does not synchronise the stream.
         if cuda is not None and cuda.is_available() and cuda.is_initialized():
             for i, st in enumerate(cuda.get_rng_state_all()):
-                out[f"cuda:{i}"] = _digest(bytes(st.numpy().tobytes()))
-    np = sys.modules.get("numpy")
-    if np is not None:
-        out["numpy"] = _digest(_np_state_bytes(np.random.get_state()))
+                out[f"cuda:{i}"] = _digest(st.numpy())
+    if sys.modules.get("numpy") is not None:
+        rs = _np_global()
+        out["numpy"] = _np_digest(rs) if hasattr(rs, "_bit_generator") else _digest(
+            _np_state_bytes(rs.get_state()))
     return out
 
 
@@ -83,10 +138,10 @@ def fresh_seed_states(seeds: Iterable[int]) -> dict[str, dict[str, int]]:
         table["python"][_py_state_digest(random.Random(seed).getstate())] = seed
         if torch is not None:
             g = torch.Generator().manual_seed(seed)
-            table["torch"][_digest(bytes(g.get_state().numpy().tobytes()))] = seed
+            table["torch"][_digest(g.get_state().numpy())] = seed
         if np is not None and 0 <= seed < 2**32:
-            st = np.random.RandomState(seed).get_state()
-            table["numpy"][_digest(_np_state_bytes(st))] = seed
+            # the same digest form as current_states() (raw struct when that was verified)
+            table["numpy"][_np_digest(np.random.RandomState(seed))] = seed
     return table
 
 
