@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from trainguard.core.errors import UsageError
+from trainguard.cli.output import write_output
 from trainguard.core.report import ExitCode
 
 _MARK = {"same": "=", "equivalent": "≈", "changed": "~", "added": "+", "removed": "-"}
@@ -54,13 +54,7 @@ def diff_command(old: Path, new: Path, fmt: str, values: bool, show_all: bool,  
         text = json.dumps(result.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
     else:
         text = render_text(result.to_dict(), show_all=show_all)
-    if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    else:
-        click.echo(text, nl=False)
+    write_output(text, output)
     raise click.exceptions.Exit(int(ExitCode.CLEAN if result.identical else ExitCode.FINDINGS))
 
 

@@ -7,23 +7,13 @@ from pathlib import Path
 
 import click
 
-from trainguard.core.errors import UsageError
+from trainguard.cli.output import write_output
 from trainguard.core.findings import Severity
 from trainguard.core.report import ExitCode, Report
 
 _SEVERITIES = [s.label for s in Severity]
 _PY_HELP = ("Interpreter whose environment to inspect (a python executable or a venv "
             "directory) [default: $VIRTUAL_ENV, else the interpreter running trainguard].")
-
-
-def _write(text: str, output: Path | None) -> None:
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
 
 
 @click.group("env")
@@ -154,7 +144,7 @@ def verify_command(python: Path | None, against: Path | None, pubkey: Path | Non
     text = render(report, OutputFormat(fmt), threshold)
     if fmt == "text":
         text = _text_summary(text, report, threshold)
-    _write(text, output)
+    write_output(text, output)
     raise click.exceptions.Exit(int(report.exit_code(threshold)))
 
 
@@ -195,5 +185,5 @@ def diff_command(a: Path, b: Path, fmt: str, limit: int, output: Path | None) ->
 
     d = envcheck.diff(a, b)
     text = (json.dumps(d.to_dict(), indent=2) + "\n") if fmt == "json" else d.render_text(limit)
-    _write(text, output)
+    write_output(text, output)
     raise click.exceptions.Exit(int(ExitCode.CLEAN if d.same else ExitCode.FINDINGS))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from trainguard.core.errors import InputError, UsageError
+from trainguard.cli.output import write_output
+from trainguard.core.errors import InputError
 from trainguard.core.events import Event
 
 
@@ -95,12 +96,7 @@ def investigate_command(  # noqa: PLR0917 - click passes options positionally
         from trainguard.investigate.render import render_text
 
         text = render_text(inv)
-    if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    else:
-        click.echo(text, nl=False)
+    write_output(text, output)
+    if output is None:
         sys.stdout.flush()
     raise click.exceptions.Exit(inv.exit_code)

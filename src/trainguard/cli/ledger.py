@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from trainguard.cli.output import write_output
 from trainguard.core.errors import InputError, TamperError, UsageError, VerificationError
 from trainguard.core.report import ExitCode
 
@@ -45,13 +46,7 @@ def _open(url: str | None, *, create: bool = False) -> Any:
 
 
 def _write(text: str, output: Path | None) -> None:
-    if output is None:
-        click.echo(text, nl=not text.endswith("\n"))
-        return
-    try:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    write_output(text if text.endswith("\n") else text + "\n", output)
 
 
 def _json(data: Any) -> str:

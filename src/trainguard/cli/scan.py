@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from trainguard.cli.output import write_output
 from trainguard.core.config import load_config
-from trainguard.core.errors import UsageError
 from trainguard.core.findings import Severity
 from trainguard.core.render import OutputFormat, render
 from trainguard.core.report import FileResult, Report
@@ -64,15 +64,10 @@ def scan_command(  # noqa: PLR0917 - click passes options positionally
     show = sys.stderr.isatty() if progress is None else progress
     report = _run(list(paths), config, jobs, show, unsafe_follow_symlinks)
     text = render(report, OutputFormat(fmt), threshold)
-    if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    elif fmt == "text" and sys.stdout.isatty():
+    if output is None and fmt == "text" and sys.stdout.isatty():
         _print_colored(text)
     else:
-        click.echo(text, nl=False)
+        write_output(text, output)
     raise click.exceptions.Exit(int(report.exit_code(threshold)))
 
 

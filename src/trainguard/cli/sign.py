@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from trainguard.cli.output import write_output
 from trainguard.core.errors import UsageError
 from trainguard.core.events import EventSink, JsonlSink
 from trainguard.core.report import ExitCode
@@ -18,16 +19,6 @@ _FORMATS = click.Choice(["text", "json"])
 
 def _sink(path: Path | None) -> EventSink | None:
     return JsonlSink(path) if path is not None else None
-
-
-def _emit_text(text: str, output: Path | None) -> None:
-    if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    else:
-        click.echo(text, nl=False)
 
 
 def _policy_parts(config_path: Path | None) -> tuple[Any, ...]:
@@ -252,7 +243,7 @@ def verify_command(  # noqa: PLR0917
         text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
     else:
         text = _verify_text(result)
-    _emit_text(text, output)
+    write_output(text, output)
     raise click.exceptions.Exit(int(ExitCode.CLEAN if result.ok else ExitCode.FINDINGS))
 
 
