@@ -372,15 +372,16 @@ def hash_resources(model_path: Path, files: Iterable[str], ser: Serialization, *
     alg = HASH_TYPES[ser.hash_type]
     rels = list(files)
     held = dict(contents or {})
-    todo = [resolve(model_path, r) for r in rels if r not in held]
+    # one Path per file (thousands of small files: pathlib construction is a visible cost)
+    paths = {r: resolve(model_path, r) for r in rels if r not in held}
+    todo = list(paths.values())
     try:
         if ser.method == "files":
             digests = hashing.digest_files(todo, alg, workers=workers, progress=progress,
                                            cache=cache)
             out = []
             for r in rels:
-                d = (_digest_bytes(alg, held[r]) if r in held
-                     else digests[resolve(model_path, r)])
+                d = _digest_bytes(alg, held[r]) if r in held else digests[paths[r]]
                 out.append(Resource(r, ser.resource_algorithm, d))
             return out
         assert ser.shard_size is not None
@@ -396,7 +397,7 @@ def hash_resources(model_path: Path, files: Iterable[str], ser: Serialization, *
             parts = [(s, e, _digest_bytes(alg, view[s:e]))
                      for s, e in shard_ranges(len(view), ser.shard_size)]
         else:
-            parts = shards[resolve(model_path, r)]
+            parts = shards[paths[r]]
         out += [Resource(f"{r}:{s}:{e}", ser.resource_algorithm, d) for s, e, d in parts]
     return out
 
@@ -419,11 +420,14 @@ def build_manifest(model_path: Path, *, method: str = "files", hash_type: str = 
                    ignore_git_paths: bool = True, allow_symlinks: bool = False,
                    workers: int | None = None,
                    progress: Callable[[Path, int], None] | None = None,
-                   cache: DigestCache | None = None) -> Manifest:
+                   cache: DigestCache | None = None,
+                   files: list[str] | None = None) -> Manifest:
     """Hash a model (directory or single file) into an OMS v1.0 manifest.
 
     ``ignore_paths`` are relative to the model directory; with ``ignore_git_paths`` the git
-    metadata paths are left out too (as the reference does) and recorded as ignored.
+    metadata paths are left out too (as the reference does) and recorded as ignored. ``files``
+    is the result of :func:`list_files` with those same ignore paths, when the caller already
+    walked the tree.
     """
     ignored = {p.strip("/") for p in ignore_paths if p.strip("/")}
     if ignore_git_paths:
@@ -431,7 +435,8 @@ def build_manifest(model_path: Path, *, method: str = "files", hash_type: str = 
     ser = Serialization(method=method, hash_type=hash_type, allow_symlinks=allow_symlinks,
                         ignore_paths=tuple(sorted(ignored)),
                         shard_size=shard_size if method == "shards" else None)
-    files = list_files(model_path, ignore_paths=ignored, allow_symlinks=allow_symlinks)
+    if files is None:
+        files = list_files(model_path, ignore_paths=ignored, allow_symlinks=allow_symlinks)
     resources = hash_resources(model_path, files, ser, workers=workers, progress=progress,
                                cache=cache)
     return Manifest(model_name=model_name(model_path), serialization=ser,

@@ -157,18 +157,22 @@ def sign(model_path: str | os.PathLike[str], key: KeyLike | None = None,
             ignore.append(rel)
     tensors: Future[dict[str, Any]] | None = None
     pool = ThreadPoolExecutor(max_workers=1) if checkpoint else None
+    # one walk of the tree serves the manifest and the tensor manifests (same ignore paths as
+    # build_manifest applies)
+    ig = {p.strip("/") for p in ignore if p.strip("/")}
+    if ignore_git_paths:
+        ig.update(GIT_PATHS)
+    rels = list_files(model, ignore_paths=ig, allow_symlinks=allow_symlinks)
     try:
         if pool is not None:
             # Tensor digests read checkpoint files a second time: do it while the file digests
             # are computed, so a single large checkpoint keeps a second core busy.
-            ig = [*ignore, *(GIT_PATHS if ignore_git_paths else ())]
-            rels = list_files(model, ignore_paths=ig, allow_symlinks=allow_symlinks)
             tensors = pool.submit(tensor_manifests, model, rels, cache)
         manifest = build_manifest(model, method=method, hash_type=hash_type,
                                   shard_size=shard_size, ignore_paths=ignore,
                                   ignore_git_paths=ignore_git_paths,
                                   allow_symlinks=allow_symlinks, workers=workers,
-                                  progress=progress, cache=cache)
+                                  progress=progress, cache=cache, files=rels)
         files_tm = tensors.result() if tensors is not None else {}
     finally:
         if pool is not None:
