@@ -13,6 +13,19 @@ from guard_helpers import PY, clean_env, run_guarded
 
 from trainguard.guard.launcher import EXIT_GUARD_STOPPED
 
+#: a parent that starts a spawn child which runs a shell command (tests append their own tail)
+SPAWN_CHILD_SCRIPT = """
+import multiprocessing as mp, os
+
+def child():
+    os.system("true")
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child)
+    p.start()
+    p.join()
+"""
+
 
 def test_exit_status_passes_through(tmp_path: Path) -> None:
     run = run_guarded(tmp_path, "import sys\nsys.exit(5)\n")
@@ -38,18 +51,7 @@ def test_killed_by_signal_is_128_plus_n(tmp_path: Path) -> None:
 
 
 def test_guard_reaches_spawn_children_with_attribution(tmp_path: Path) -> None:
-    script = """
-import multiprocessing as mp, os
-
-def child():
-    os.system("true")
-
-if __name__ == "__main__":
-    p = mp.get_context("spawn").Process(target=child)
-    p.start()
-    p.join()
-    print("PARENT", os.getpid(), "CHILD", p.pid, flush=True)
-"""
+    script = SPAWN_CHILD_SCRIPT + '    print("PARENT", os.getpid(), "CHILD", p.pid, flush=True)\n'
     run = run_guarded(tmp_path, script)
     assert run.rc == 0, run.explain()
     pids = {e["identity"]["pid"] for e in run.kinds("guard.started")}
@@ -162,18 +164,7 @@ def test_torchrun_enforce_stops_the_sabotaged_rank(tmp_path: Path) -> None:
 def test_events_reach_the_ledger_from_every_process(tmp_path: Path) -> None:
     from trainguard.ledger import open_ledger
 
-    script = """
-import multiprocessing as mp, os
-
-def child():
-    os.system("true")
-
-if __name__ == "__main__":
-    p = mp.get_context("spawn").Process(target=child)
-    p.start()
-    p.join()
-    os.system("true")
-"""
+    script = SPAWN_CHILD_SCRIPT + '    os.system("true")\n'
     db = tmp_path / "ledger.db"
     run = run_guarded(tmp_path, script, args=["--ledger", str(db)])
     assert run.rc == 0, run.explain()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -13,6 +14,8 @@ from trainguard.cli.output import write_output
 from trainguard.core.errors import UsageError
 from trainguard.core.events import EventSink, JsonlSink
 from trainguard.core.report import ExitCode
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _FORMATS = click.Choice(["text", "json"])
 
@@ -65,18 +68,31 @@ def keygen_command(output: Path, public: Path | None, curve: str) -> None:
                f"{key.public_key().key_id}")
 
 
+
+def _signer_options(key_help: str, cert_help: str) -> Callable[[F], F]:
+    """--key | --cert/--cert-key/--ca-chain: who signs (sign and cosign take the same material)."""
+    path = click.Path(dir_okay=False, path_type=Path)
+
+    def decorate(f: F) -> F:
+        for opt in reversed([
+            click.option("--key", "key", type=path, default=None, help=key_help),
+            click.option("--cert", "cert", type=path, default=None, help=cert_help),
+            click.option("--cert-key", "cert_key", type=path, default=None,
+                         help="Private key of the --cert certificate."),
+            click.option("--ca-chain", "ca_chain", multiple=True, type=path,
+                         help="Intermediate CA certificates to put in the bundle (repeatable)."),
+        ]):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
 # --- sign -----------------------------------------------------------------------------------
 @click.command("sign")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="EC private key (PEM) to sign with.")
-@click.option("--cert", "cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Signing certificate (PEM) from the internal CA; needs --cert-key.")
-@click.option("--cert-key", "cert_key", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Private key of the --cert certificate.")
-@click.option("--ca-chain", "ca_chain", multiple=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="Intermediate CA certificates to put in the bundle (repeatable).")
+@_signer_options("EC private key (PEM) to sign with.",
+                 "Signing certificate (PEM) from the internal CA; needs --cert-key.")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Bundle to write [default: MODEL.sig beside the model].")
 @click.option("--method", type=click.Choice(["files", "shards"]), default="files",
@@ -308,15 +324,8 @@ def _verify_text(r: Any) -> str:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-s", "--signature", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="The OMS bundle to co-sign [default: MODEL.sig].")
-@click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The co-signer's EC private key (PEM).")
-@click.option("--cert", "cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The co-signer's certificate (PEM); needs --cert-key.")
-@click.option("--cert-key", "cert_key", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Private key of the --cert certificate.")
-@click.option("--ca-chain", "ca_chain", multiple=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="Intermediate CA certificates for the co-signature bundle (repeatable).")
+@_signer_options("The co-signer's EC private key (PEM).",
+                 "The co-signer's certificate (PEM); needs --cert-key.")
 @click.option("--no-check", is_flag=True,
               help="Co-sign without first checking that MODEL matches the signature.")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
